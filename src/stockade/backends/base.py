@@ -1,0 +1,42 @@
+"""What every backend provides: check(plan) refuses what it cannot enforce; launch() builds argv."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..plan import Plan
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to spawn the sandboxed command, and to tidy up after it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    pass_fds: tuple[int, ...] = ()
+    status_fd: int | None = None  # read end: the backend's report of how the command ended
+    close_after_spawn: list[int] = field(default_factory=list)
+
+    def after_spawn(self) -> None:
+        for fd in self.close_after_spawn:
+            os.close(fd)
+        self.close_after_spawn.clear()
+
+
+class Backend(Protocol):
+    name: str
+
+    def check(self, plan: Plan) -> None:
+        """Raise UnsupportedPolicy (with the reason) if this Plan cannot be enforced exactly."""
+
+    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
+        """The spec of a process that runs `argv` under `plan`."""
+
+    def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
+        """The command's exit status, or None if the sandbox never started it."""
+
+    def describe(self) -> str:
+        """One line for explain/doctor: which mechanism and binary."""

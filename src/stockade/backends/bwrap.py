@@ -1,0 +1,159 @@
+"""Linux bubblewrap backend: namespaces, bind mounts and a seccomp filter.
+
+Mount order is the Plan's path order (ancestors before descendants), so a more specific entry
+always lands on top of its parent: that is how "the most specific path wins" is enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import SandboxUnavailable, UnsupportedPolicy
+from ..plan import Plan, PathRule
+from ..state import empty_file
+from . import hostsockets, seccomp
+from .base import LaunchSpec
+from .locate import BwrapBinary, find_bwrap
+
+FRESH = ("/dev", "/proc")  # provided new by the sandbox; the Plan cannot grant inside them
+NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+class BwrapBackend:
+    name = "bwrap"
+
+    def __init__(self, binary: BwrapBinary | None = None) -> None:
+        binary = binary or find_bwrap()
+        if binary is None:
+            from ..doctor import diagnose
+
+            raise SandboxUnavailable(diagnose().render())
+        self.binary = binary
+
+    def describe(self) -> str:
+        b = self.binary
+        return f"bubblewrap {b.version_text} ({b.origin}: {b.path})"
+
+    def check(self, plan: Plan) -> None:
+        for rule in plan.rules:
+            for top in FRESH:
+                if rule.path != "/" and _under(rule.path, top):
+                    raise UnsupportedPolicy(
+                        f"{rule.reason}: {rule.path} is inside {top}, which the bubblewrap "
+                        "backend always provides fresh (it cannot grant or deny paths there)"
+                    )
+
+    def mounts(self, plan: Plan) -> list[str]:
+        """bwrap mount arguments for the Plan, host socket masks included."""
+        by_path = {r.path: r for r in plan.rules}
+        args: list[str] = []
+        root = by_path.get("/")
+        if root is not None and root.access == "read":
+            args += ["--ro-bind", "/", "/"]
+        elif root is not None and root.access == "write":
+            args += ["--bind", "/", "/"]
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
+        remount: list[str] = []
+        explicit = set(by_path)
+        ops: list[tuple[str, PathRule | None]] = [(r.path, r) for r in plan.rules if r.path != "/"]
+        for d in hostsockets.socket_dirs(plan.env):
+            if not any(_under(p, d) for p in explicit):
+                ops.append((d, None))
+        ops.sort(key=lambda op: op[0])
+        effective: dict[str, str] = {"/": root.access} if root else {}
+        for path, rule in ops:
+            parent = _nearest(effective, os.path.dirname(path))
+            if rule is None:  # a host socket directory: hide it whole when visible
+                if parent in ("read", "write"):
+                    args += ["--perms", "0000", "--tmpfs", path]
+                    remount.append(path)
+                    effective[path] = "deny"
+                continue
+            effective[path] = rule.access
+            args += self._op(rule, parent, by_path, remount)
+        for sock in sorted(hostsockets.bound_paths()):
+            if _nearest(effective, sock) in ("read", "write"):
+                args += ["--ro-bind", empty_file(), sock]
+        for path in remount:
+            args += ["--remount-ro", path]
+        return args
+
+    def _op(self, rule: PathRule, parent: str | None, by_path: dict[str, PathRule], remount: list[str]) -> list[str]:
+        path = rule.path
+        if rule.kind == "scratch":
+            return ["--perms", "1777", "--tmpfs", path]
+        if rule.access == "read":
+            return [] if parent == "read" and not rule.pinned else ["--ro-bind", path, path]
+        if rule.access == "write":
+            return [] if parent == "write" and not rule.pinned else ["--bind", path, path]
+        if parent in (None, "deny"):
+            return []  # not visible anyway
+        if rule.kind == "file":
+            return ["--ro-bind", empty_file(), path]
+        # A denied directory: an empty tmpfs no one can list or write; search (x) only when a
+        # more specific entry below reopens something, so that path can still be reached.
+        reopened = any(p.startswith(path + "/") and r.access != "deny" for p, r in by_path.items())
+        remount.append(path)
+        return ["--perms", "0111" if reopened else "0000", "--tmpfs", path]
+
+    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
+        self.check(plan)
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, seccomp.build_filter(network=plan.network == "on"))
+        os.close(filter_w)
+        status_r, status_w = os.pipe()
+        args = [self.binary.path, *NAMESPACES]
+        if plan.network != "on":
+            args.append("--unshare-net")
+        args += [
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--seccomp", str(filter_r),
+            "--json-status-fd", str(status_w),
+            *self.mounts(plan),
+            "--chdir", os.path.realpath(plan.cwd),
+            "--",
+            *argv,
+        ]
+        return LaunchSpec(
+            argv=args,
+            env=plan.env,
+            cwd="/",
+            pass_fds=(filter_r, status_w),
+            status_fd=status_r,
+            close_after_spawn=[filter_r, status_w],
+        )
+
+    def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
+        """bwrap reports "exit-code" only when the command was really exec'd."""
+        if spec.status_fd is None:
+            return returncode
+        chunks = []
+        while data := os.read(spec.status_fd, 65536):
+            chunks.append(data)
+        os.close(spec.status_fd)
+        spec.status_fd = None
+        for line in b"".join(chunks).decode(errors="replace").splitlines():
+            try:
+                status = json.loads(line)
+            except ValueError:
+                continue
+            if "exit-code" in status:
+                return int(status["exit-code"])
+        return None
+
+
+def _nearest(effective: dict[str, str], path: str) -> str | None:
+    while True:
+        if path in effective:
+            return effective[path]
+        if path == "/":
+            return None
+        path = os.path.dirname(path)

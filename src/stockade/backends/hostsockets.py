@@ -1,0 +1,40 @@
+"""Host unix sockets that a sandbox must not reach through the filesystem.
+
+Abstract sockets live in the network namespace (a sandbox with network off has its own), but a
+pathname socket is reachable by anyone who can see its path: docker.sock, D-Bus, ssh-agent,
+X11. The host network namespace's /proc/net/unix lists every bound path, so each one visible
+inside is masked at launch; the usual socket directories are masked whole, which also covers
+sockets bound after launch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+
+def bound_paths(proc_net_unix: str = "/proc/net/unix") -> set[str]:
+    """Paths of pathname sockets bound in the current network namespace."""
+    paths: set[str] = set()
+    try:
+        with open(proc_net_unix, encoding="utf-8", errors="replace") as fh:
+            next(fh, None)  # header
+            for line in fh:
+                fields = line.split(None, 7)
+                if len(fields) == 8 and fields[7].startswith("/"):
+                    paths.add(fields[7].rstrip("\n"))
+    except OSError:
+        pass
+    return paths
+
+
+def socket_dirs(env: Mapping[str, str]) -> list[str]:
+    """Directories that hold only host sockets and are hidden whole."""
+    dirs = ["/tmp/.X11-unix", "/tmp/.ICE-unix", "/run/user"]
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        dirs.append(runtime)
+    agent = env.get("SSH_AUTH_SOCK")
+    if agent and os.path.basename(os.path.dirname(agent)).startswith("ssh-"):
+        dirs.append(os.path.dirname(agent))  # OpenSSH's private /tmp/ssh-XXXX directory
+    return [d for d in dict.fromkeys(os.path.realpath(d) for d in dirs) if os.path.isdir(d)]

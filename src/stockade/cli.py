@@ -1,0 +1,174 @@
+"""The `stockade` command: run, explain, doctor, profiles.
+
+Exit status: the command's own; 128+N when it died of signal N (or stockade got signal N);
+124 on --timeout; 2 when stockade refused to run it (bad input, or no sandbox possible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+from .errors import StockadeError
+
+TIMEOUT_EXIT = 124
+
+
+def _policy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", metavar="NAME", help="profile to use (default: from config, else workspace)")
+    p.add_argument("--config", metavar="FILE", help="an extra config file, read last")
+    p.add_argument("--root", metavar="DIR", action="append", default=[], help="workspace root (repeatable; default: cwd)")
+    p.add_argument("--writable", metavar="DIR", action="append", default=[], help="extra writable directory (repeatable)")
+    p.add_argument("--read", metavar="DIR", action="append", default=[], help="extra readable path (repeatable)")
+    p.add_argument("--deny", metavar="PATH_OR_GLOB", action="append", default=[], help="path or glob to hide (repeatable)")
+    p.add_argument("--network", choices=("off", "on"), help="network access (default: from the profile)")
+    p.add_argument("--env", metavar="NAME[=VALUE]", action="append", default=[], help="let a variable through, or set it (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stockade", description="Run commands in an OS sandbox under a policy.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run a command in the sandbox", usage="stockade run [options] -- COMMAND [ARGS...]")
+    _policy_flags(run)
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="kill the whole sandbox after this long")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    explain = sub.add_parser("explain", help="print the materialized Plan")
+    _policy_flags(explain)
+    explain.add_argument("--json", action="store_true", help="print the Plan as JSON")
+    sub.add_parser("doctor", help="say whether this host can sandbox, and how to fix it").add_argument(
+        "--json", action="store_true"
+    )
+    profiles = sub.add_parser("profiles", help="list the profiles available here")
+    profiles.add_argument("--config", metavar="FILE")
+    profiles.add_argument("--root", metavar="DIR", action="append", default=[])
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from .exec import prepare
+
+    return prepare(
+        profile=args.profile, roots=args.root, writable=args.writable, read=args.read,
+        deny=args.deny, network=args.network, env=args.env, config=args.config,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise StockadeError("no command given: stockade run [options] -- COMMAND [ARGS...]")
+    if args.timeout is not None and args.timeout <= 0:
+        raise StockadeError(f"--timeout: must be a positive number of seconds, not {args.timeout}")
+    from .exec import Sandboxed
+
+    plan = _plan(args)
+    got: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        got.append(signum)
+        sandboxed.kill()
+
+    sandboxed = Sandboxed(plan, command)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        sandboxed.proc.wait(timeout=args.timeout)
+    except Exception:  # TimeoutExpired
+        sandboxed.timed_out = True
+        sandboxed.kill()
+    code = sandboxed.finish()
+    if got:
+        return 128 + got[0]
+    if sandboxed.timed_out:
+        print(f"stockade: timed out after {args.timeout:g}s; the sandbox was killed", file=sys.stderr)
+        return TIMEOUT_EXIT
+    return code
+
+
+def render_plan(plan: Any, backend: str) -> str:
+    lines = [
+        f"profile   {plan.profile}" + ("   (NO SANDBOX)" if plan.unconfined else ""),
+        f"backend   {backend}",
+        f"cwd       {plan.cwd}",
+        f"roots     {', '.join(plan.roots)}",
+        f"network   {plan.network}",
+        f"TMPDIR    {plan.tmpdir}",
+    ]
+    if plan.rules:
+        width = max(len(r.path) for r in plan.rules)
+        lines += ["", f"{'ACCESS':7} {'PATH':{width}}  WHY"]
+        for r in plan.rules:
+            access = "tmpfs" if r.kind == "scratch" else r.access
+            extra = f" (via {r.lexical})" if r.lexical != r.path else ""
+            pin = " [pinned]" if r.pinned else ""
+            lines.append(f"{access:7} {r.path:{width}}  {r.reason}{extra}{pin}")
+        lines.append("(any path under no entry is not visible inside)")
+    if plan.placeholders:
+        lines += ["", "created before launch so they cannot be created inside, removed after:"]
+        lines += [f"  {p.path} ({p.kind})" for p in plan.placeholders]
+    if plan.withheld:
+        lines += ["", "environment withheld (let one through with --env NAME):"]
+        lines += [f"  {name}: {why}" for name, why in sorted(plan.withheld.items())]
+    if plan.notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def _backend_line(plan: Any) -> str:
+    if plan.unconfined:
+        return "none: full-access runs unconfined"
+    from .backends import select_backend
+
+    try:
+        return select_backend(plan).describe()
+    except StockadeError as exc:
+        return f"UNAVAILABLE: {str(exc).splitlines()[0]} (see stockade doctor)"
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    if args.json:
+        data = plan.to_json()
+        data["backend"] = _backend_line(plan)
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_plan(plan, _backend_line(plan)))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    report = diagnose()
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return 0 if report.can_sandbox else 1
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    import os
+
+    from .policy.load import list_profiles
+
+    roots = [os.path.abspath(r) for r in args.root] or [os.getcwd()]
+    for name, description, where in list_profiles(roots, os.path.expanduser("~"), args.config):
+        print(f"{name:14} {description}  [{where}]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "explain": cmd_explain, "doctor": cmd_doctor, "profiles": cmd_profiles}[args.cmd]
+    try:
+        return handler(args)
+    except StockadeError as exc:
+        print(f"stockade: {exc}", file=sys.stderr)
+        if args.cmd == "run":
+            print("stockade: nothing was run", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

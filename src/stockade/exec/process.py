@@ -1,0 +1,181 @@
+"""One-shot processes: the single place where a sandboxed command is spawned.
+
+Every process inside ends with the sandbox: bwrap's own pid namespace dies with its init, and
+`--die-with-parent` kills that init when stockade (or the thread that spawned it) goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ..backends import Backend, select_backend
+from ..errors import SandboxUnavailable
+from ..placeholders import Placeholders
+from ..plan import Context, Plan, materialize
+from ..policy.load import Overrides, load_profile
+
+File = int | IO[Any] | None
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int  # a signal death is 128+N, as a shell reports it
+    stdout: Any
+    stderr: Any
+    timed_out: bool
+    plan: Plan
+
+
+def prepare(
+    *,
+    cwd: str | None = None,
+    profile: str | None = None,
+    roots: Sequence[str] = (),
+    writable: Sequence[str] = (),
+    read: Sequence[str] = (),
+    deny: Sequence[str] = (),
+    network: str | None = None,
+    env: Sequence[str] = (),
+    config: str | None = None,
+    host_env: Mapping[str, str] | None = None,
+) -> Plan:
+    """Parse and materialize: config files + options -> Profile -> Plan."""
+    ctx = Context.current(cwd, roots, host_env)
+    overrides = Overrides(tuple(writable), tuple(read), tuple(deny), network, tuple(env))
+    prof = load_profile(
+        profile, roots=list(ctx.workspace_roots), home=ctx.home, cwd=ctx.cwd, config=config,
+        overrides=overrides,
+    )
+    return materialize(prof, ctx)
+
+
+class Sandboxed:
+    """A running sandboxed command. Use as a context manager so everything is cleaned up."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        argv: Sequence[str],
+        *,
+        stdin: File = None,
+        stdout: File = None,
+        stderr: File = None,
+        backend: Backend | None = None,
+    ) -> None:
+        if not argv:
+            raise ValueError("no command given")
+        self.plan = plan
+        self.timed_out = False
+        self._placeholders = Placeholders(plan.placeholders)
+        if plan.unconfined:
+            self.backend = None
+            self.spec = None
+            self.proc = subprocess.Popen(list(argv), cwd=plan.cwd, env=plan.env, stdin=stdin, stdout=stdout, stderr=stderr)
+            return
+        self.backend = backend or select_backend(plan)
+        self.backend.check(plan)
+        self._placeholders.__enter__()
+        try:
+            self.spec = self.backend.launch(plan, list(argv))
+            try:
+                self.proc = subprocess.Popen(
+                    self.spec.argv, env=self.spec.env, cwd=self.spec.cwd, pass_fds=self.spec.pass_fds,
+                    stdin=stdin, stdout=stdout, stderr=stderr,
+                )
+            finally:
+                self.spec.after_spawn()
+        except BaseException:
+            self._placeholders.__exit__(None, None, None)
+            raise
+
+    def kill(self) -> None:
+        """End the whole tree now: killing bwrap takes its pid namespace down with it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def finish(self) -> int:
+        """Wait, tidy up, and return the command's exit status (128+N for a signal)."""
+        rc = self.proc.wait()
+        try:
+            if self.backend is None or self.spec is None:
+                return 128 - rc if rc < 0 else rc
+            code = self.backend.finish(self.spec, rc)
+        finally:
+            self._placeholders.__exit__(None, None, None)
+        if code is not None:
+            return code
+        if self.timed_out or rc < 0:
+            return 128 - rc if rc < 0 else rc
+        # The sandbox never started the command: a host that cannot sandbox, or a command
+        # that could not be executed. Tell them apart by asking the doctor.
+        from ..doctor import diagnose
+
+        report = diagnose()
+        if not report.can_sandbox:
+            raise SandboxUnavailable(report.render())
+        return 127
+
+    def __enter__(self) -> Sandboxed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        self.finish()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    roots: Sequence[str | os.PathLike[str]] = (),
+    writable: Sequence[str | os.PathLike[str]] = (),
+    read: Sequence[str | os.PathLike[str]] = (),
+    deny: Sequence[str] = (),
+    network: str | None = None,
+    env: Sequence[str] = (),
+    config: str | None = None,
+    timeout: float | None = None,
+    input: bytes | str | None = None,
+    capture_output: bool = True,
+    text: bool = True,
+    stdin: File = None,
+    stdout: File = None,
+    stderr: File = None,
+    host_env: Mapping[str, str] | None = None,
+) -> Result:
+    """Run `argv` in the sandbox and wait for it, like subprocess.run (output captured by default)."""
+    plan = prepare(
+        cwd=os.fspath(cwd) if cwd is not None else None, profile=profile,
+        roots=[os.fspath(r) for r in roots], writable=[os.fspath(w) for w in writable],
+        read=[os.fspath(r) for r in read], deny=deny, network=network, env=env, config=config,
+        host_env=host_env,
+    )
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    if input is not None:
+        stdin = subprocess.PIPE
+        if text and isinstance(input, str):
+            input = input.encode()
+    elif stdin is None:
+        stdin = subprocess.DEVNULL
+    sandboxed = Sandboxed(plan, argv, stdin=stdin, stdout=stdout, stderr=stderr)
+    try:
+        out, err = sandboxed.proc.communicate(input, timeout=timeout)  # type: ignore[arg-type]
+    except subprocess.TimeoutExpired:
+        sandboxed.timed_out = True
+        sandboxed.kill()
+        out, err = sandboxed.proc.communicate()
+    except BaseException:
+        sandboxed.kill()
+        sandboxed.finish()
+        raise
+    code = sandboxed.finish()
+    if text:
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err
+    return Result(code, out, err, sandboxed.timed_out, plan)

@@ -1,0 +1,111 @@
+"""Placeholders: protected or denied paths that do not exist yet are created before launch (so
+the command cannot create them) and removed afterwards, so the user's tree is left as it was.
+
+Concurrent runs share placeholders: every run holds a shared lock while it runs, and only a run
+that can take the lock exclusively (no other run alive) removes them. A run killed with SIGKILL
+leaves its journal behind; the next run to hold the lock alone cleans it up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable
+from types import TracebackType
+
+from .plan import Placeholder
+from .state import state_dir
+
+CONTENT = {"dir": None, "file": b"", "commondir": b".\n"}
+
+
+class Placeholders:
+    def __init__(self, items: Iterable[Placeholder]) -> None:
+        self.items = list(items)
+        self.lock_fd: int | None = None
+
+    def __enter__(self) -> Placeholders:
+        if not self.items:
+            return self
+        base = state_dir()
+        self.journal = os.path.join(base, "placeholders.journal")
+        self.lock_fd = os.open(os.path.join(base, "placeholders.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        if _try_lock(self.lock_fd, fcntl.LOCK_EX):
+            self._sweep()  # leftovers of a run that was killed
+        fcntl.flock(self.lock_fd, fcntl.LOCK_SH)
+        created = [line for item in self.items for line in _create(item)]
+        if created:
+            with open(self.journal, "a", encoding="utf-8") as fh:
+                fh.writelines(f"{kind}\t{path}\n" for kind, path in created)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.lock_fd is None:
+            return
+        try:
+            if _try_lock(self.lock_fd, fcntl.LOCK_EX):
+                self._sweep()
+        finally:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def _sweep(self) -> None:
+        try:
+            with open(self.journal, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            return
+        for line in reversed(lines):  # deepest (created last) first
+            kind, _, path = line.partition("\t")
+            _remove(kind, path)
+        os.truncate(self.journal, 0)
+
+
+def _try_lock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _create(item: Placeholder) -> list[tuple[str, str]]:
+    """Create the placeholder (and missing parents); return what was created, in order."""
+    if os.path.lexists(item.path):
+        return []
+    created: list[tuple[str, str]] = []
+    parent = os.path.dirname(item.path)
+    missing = []
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        created.append(("dir", d))
+    content = CONTENT[item.kind]
+    if content is None:
+        os.mkdir(item.path, 0o755)
+    else:
+        fd = os.open(item.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, content)
+        os.close(fd)
+    created.append((item.kind, item.path))
+    return created
+
+
+def _remove(kind: str, path: str) -> None:
+    """Remove a placeholder only if it is still exactly what stockade created."""
+    try:
+        if kind == "dir":
+            os.rmdir(path)  # fails, and is kept, if anything was put inside
+            return
+        with open(path, "rb") as fh:
+            if fh.read(3) == (CONTENT.get(kind) or b""):
+                os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,297 @@
+"""materialize(Profile, Context) -> Plan: every symbolic key resolved to concrete paths.
+
+The Plan is plain data and platform-neutral. The effective access of any path is the access
+of its nearest entry (itself or an ancestor); a path under no entry is not visible at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from . import globs
+from .environ import sandbox_env
+from .errors import ConfigError
+from .policy.model import WORKSPACE_ROOTS, Access, FsRule, Profile
+from .protect import Protected, protected_in
+
+Kind = Literal["dir", "file", "missing", "scratch"]
+RANK: dict[str, int] = {"read": 0, "write": 1, "deny": 2}  # equal specificity: deny > write > read
+NARROW: dict[str, int] = {"deny": 0, "read": 1, "write": 2}  # for protection: pick the narrower
+MINIMAL = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a command runs. Workspace roots are always explicit: empty means the cwd."""
+
+    cwd: str
+    roots: tuple[str, ...]
+    home: str
+    tmpdir: str | None
+    env: Mapping[str, str]
+    uid: int
+
+    @classmethod
+    def current(
+        cls,
+        cwd: str | None = None,
+        roots: tuple[str, ...] | list[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Context:
+        env = dict(os.environ if env is None else env)
+        cwd = os.path.abspath(cwd or os.getcwd())
+        home = env.get("HOME") or os.path.expanduser("~")
+        return cls(
+            cwd=cwd,
+            roots=tuple(os.path.normpath(os.path.join(cwd, r)) for r in roots),
+            home=home,
+            tmpdir=env.get("TMPDIR") or None,
+            env=env,
+            uid=os.getuid(),
+        )
+
+    @property
+    def workspace_roots(self) -> tuple[str, ...]:
+        return self.roots or (self.cwd,)
+
+
+@dataclass(frozen=True)
+class PathRule:
+    path: str  # canonical: where the backend enforces it
+    access: Access
+    kind: Kind
+    reason: str  # the rule that put it here, for explain
+    lexical: str  # the path as the rule named it (differs when symlinks are involved)
+    pinned: bool = False  # must be its own mount point (so it cannot be renamed or deleted)
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A protected or denied path that does not exist yet: created before launch, removed after."""
+
+    path: str
+    kind: Literal["dir", "file", "commondir"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    unconfined: bool
+    cwd: str
+    roots: tuple[str, ...]
+    rules: tuple[PathRule, ...]
+    placeholders: tuple[Placeholder, ...]
+    network: str
+    tmpdir: str
+    env: dict[str, str] = field(hash=False)
+    withheld: dict[str, str] = field(hash=False)
+    notes: tuple[str, ...] = ()
+
+    def access(self, path: str) -> Access | None:
+        """Effective access of a canonical path; None when it is not visible."""
+        by_path = {r.path: r.access for r in self.rules}
+        return _effective(by_path, path)
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["placeholders"] = [asdict(p) for p in self.placeholders]
+        return data
+
+
+def _effective(by_path: Mapping[str, str], path: str) -> Access | None:
+    while True:
+        if path in by_path:
+            return by_path[path]  # type: ignore[return-value]
+        if path == "/":
+            return None
+        path = os.path.dirname(path)
+
+
+def _kind(path: str) -> Kind:
+    if os.path.isdir(path):
+        return "dir"
+    return "file" if os.path.exists(path) else "missing"
+
+
+class _Builder:
+    def __init__(self, profile: Profile, ctx: Context, roots: tuple[str, ...]) -> None:
+        self.profile = profile
+        self.ctx = ctx
+        self.roots = roots
+        self.entries: dict[str, PathRule] = {}
+        self.placeholders: list[Placeholder] = []
+        self.notes: list[str] = []
+
+    def expand(self, rule: FsRule) -> list[tuple[str, bool]]:
+        """Concrete lexical paths for one rule, each with `required` (missing is an error)."""
+        home = self.ctx.home
+        if rule.anchor is None:
+            path = home + rule.path[1:] if rule.path.startswith("~") else rule.path
+            return self._maybe_glob(path, rule)
+        if rule.anchor == WORKSPACE_ROOTS:
+            out: list[tuple[str, bool]] = []
+            for root in self.roots:
+                path = root if rule.path == "." else os.path.join(root, rule.path)
+                out += self._maybe_glob(path, rule)
+            return out
+        if rule.anchor == ":root":
+            return [("/", True)]
+        if rule.anchor == ":minimal":
+            prefixes = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
+            return [(p, False) for p in (*MINIMAL, *sorted(prefixes))]
+        if rule.anchor == ":tmpdir":
+            if not self.ctx.tmpdir:
+                self.notes.append(f"{rule.source}: TMPDIR is not set, nothing to grant")
+                return []
+            return [(self.ctx.tmpdir, False)]
+        if rule.anchor == ":slash_tmp":
+            return [("/tmp", False)]
+        raise ConfigError(f"special path {rule.anchor} is not supported here", key=rule.source)
+
+    def _maybe_glob(self, path: str, rule: FsRule) -> list[tuple[str, bool]]:
+        if not globs.glob.has_magic(path):
+            return [(os.path.normpath(path), True)]
+        base, rest = globs.split(path)
+        if base == "/" and "**" in rest:
+            raise ConfigError(
+                f"{path!r} would walk the whole filesystem; anchor the ** under a directory "
+                "(e.g. under :workspace_roots or ~/...)",
+                key=rule.source,
+            )
+        matches = globs.expand(path, self.profile.glob_scan_max_depth)
+        if not matches:
+            self.notes.append(f"{rule.source}: glob matched nothing now")
+        return [(m, False) for m in matches]
+
+    def add(self, lexical: str, access: Access, reason: str, required: bool) -> None:
+        canonical = os.path.realpath(lexical)
+        kind = _kind(canonical)
+        if kind == "missing" and access != "deny":
+            if required and not self.profile.skip_missing:
+                raise ConfigError(
+                    f"{lexical} does not exist (create it, or set skip_missing = true in the "
+                    "profile to skip missing paths)",
+                    key=reason,
+                )
+            self.notes.append(f"{reason}: {lexical} does not exist, skipped")
+            return
+        current = self.entries.get(canonical)
+        if current is None or RANK[access] > RANK[current.access]:
+            self.entries[canonical] = PathRule(canonical, access, kind, reason, lexical)
+
+    def effective(self, path: str) -> Access | None:
+        return _effective({p: r.access for p, r in self.entries.items()}, path)
+
+    def protect(self, tmp_dirs: set[str]) -> None:
+        """Apply protected metadata in every writable directory. It only ever narrows access."""
+        writable = sorted(p for p, r in self.entries.items() if r.access == "write" and r.kind == "dir")
+        found: list[Protected] = []
+        for root in writable:
+            for item in protected_in(root, self.profile.git):
+                if item.placeholder and root in tmp_dirs:
+                    continue  # nothing to guard in a scratch dir that is not a workspace
+                found.append(item)
+        read_only: list[str] = []
+        for item in sorted(found, key=lambda p: p.path.count("/")):
+            path = os.path.realpath(item.path)
+            current = self.effective(path)
+            if current is None or NARROW[current] < NARROW[item.access]:
+                continue  # already narrower than the protection asks
+            if item.access == "read" or current == "write":
+                if item.placeholder:
+                    self.placeholders.append(Placeholder(item.path, item.placeholder))
+                kind: Kind = "dir" if item.placeholder == "dir" else _kind(path)
+                if item.placeholder in ("file", "commondir"):
+                    kind = "file"
+                pinned = item.access == "write"
+                self.entries[path] = PathRule(path, item.access, kind, item.reason, item.path, pinned)
+                if item.access == "read":
+                    read_only.append(path)
+        for ro in read_only:
+            prefix = ro + "/"
+            for p, r in list(self.entries.items()):
+                if p.startswith(prefix) and r.access == "write":
+                    del self.entries[p]
+                    self.notes.append(f"{r.reason}: {p} stays read-only (inside protected {ro})")
+
+    def missing_denies(self) -> None:
+        """A denied path that does not exist but could be created inside gets a placeholder."""
+        for path, rule in list(self.entries.items()):
+            if rule.kind == "missing" and rule.access == "deny":
+                parent = self.effective(os.path.dirname(path))
+                if parent == "write":
+                    self.placeholders.append(Placeholder(path, "dir"))
+                    self.entries[path] = PathRule(path, "deny", "dir", rule.reason, rule.lexical)
+                else:
+                    del self.entries[path]
+                    self.notes.append(f"{rule.reason}: {path} does not exist and cannot be created")
+
+
+def _roots(ctx: Context) -> tuple[str, ...]:
+    out = []
+    for root in ctx.workspace_roots:
+        if not os.path.isdir(root):
+            what = "does not exist" if not os.path.exists(root) else "is not a directory"
+            raise ConfigError(f"workspace root {root} {what}", key="--root")
+        out.append(os.path.realpath(root))
+    return tuple(dict.fromkeys(out))
+
+
+def _safe_directory(env: dict[str, str], roots: tuple[str, ...], uid: int) -> None:
+    """git refuses repos owned by another user; trust the workspace roots through the env only."""
+    extra = []
+    for root in roots:
+        try:
+            owner = os.stat(os.path.join(root, ".git")).st_uid
+        except OSError:
+            continue
+        if owner != uid:
+            extra.append(root)
+    if not extra:
+        return
+    count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
+    for root in extra:
+        env[f"GIT_CONFIG_KEY_{count}"] = "safe.directory"
+        env[f"GIT_CONFIG_VALUE_{count}"] = root
+        count += 1
+    env["GIT_CONFIG_COUNT"] = str(count)
+
+
+def materialize(profile: Profile, ctx: Context) -> Plan:
+    roots = _roots(ctx)
+    if profile.unconfined:
+        return Plan(profile.name, True, ctx.cwd, roots, (), (), "on", ctx.tmpdir or "/tmp",
+                    dict(ctx.env), {}, ("NO SANDBOX: full-access runs the command unconfined",))
+    b = _Builder(profile, ctx, roots)
+    for rule in profile.filesystem:
+        for lexical, required in b.expand(rule):
+            b.add(lexical, rule.access, rule.source, required)
+    tmp_dirs = {os.path.realpath(p) for p in (ctx.tmpdir, "/tmp") if p}
+    b.protect(tmp_dirs)
+    b.missing_denies()
+
+    tmpdir = next((t for t in (ctx.tmpdir, "/tmp") if t and b.effective(os.path.realpath(t)) == "write"), None)
+    if tmpdir is None:
+        tmpdir = "/tmp"
+        if "/tmp" not in b.entries:
+            # Keep the roots and cwd that live under /tmp visible as they were, on top of it.
+            for path in {*roots, os.path.realpath(ctx.cwd)}:
+                access = b.effective(path)
+                if path.startswith("/tmp/") and access and path not in b.entries:
+                    b.entries[path] = PathRule(path, access, "dir", "kept visible over private /tmp", path)
+            b.entries["/tmp"] = PathRule("/tmp", "write", "scratch", "no writable tmp granted: private tmpfs", "/tmp")
+    cwd = os.path.realpath(ctx.cwd)
+    if b.effective(cwd) in (None, "deny"):
+        raise ConfigError(f"the working directory {ctx.cwd} is not readable under profile {profile.name!r}", key="cwd")
+
+    env, withheld = sandbox_env(ctx.env, profile.env)
+    env["TMPDIR"] = tmpdir
+    env["PWD"] = ctx.cwd
+    _safe_directory(env, roots, ctx.uid)
+    rules = tuple(sorted(b.entries.values(), key=lambda r: r.path))
+    return Plan(profile.name, False, ctx.cwd, roots, rules, tuple(b.placeholders), profile.network,
+                tmpdir, env, withheld, tuple(b.notes))

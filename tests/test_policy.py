@@ -15,8 +15,13 @@ from stockade.plan import Context, materialize
 from stockade.policy.load import Overrides, load_profile
 
 
-def plan_for(tmp: Path, config: str | None = None, profile: str | None = None,
-             roots: tuple[str, ...] = (), **flags: object) -> stockade.Plan:
+def plan_for(
+    tmp: Path,
+    config: str | None = None,
+    profile: str | None = None,
+    roots: tuple[str, ...] = (),
+    **flags: object,
+) -> stockade.Plan:
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
@@ -24,8 +29,9 @@ def plan_for(tmp: Path, config: str | None = None, profile: str | None = None,
     if config is not None:
         extra = str(tmp / "extra.toml")
         Path(extra).write_text(config)
-    return stockade.explain(cwd=str(tmp / "repo"), profile=profile, roots=roots, config=extra,
-                            host_env=env, **flags)  # type: ignore[arg-type]
+    return stockade.explain(
+        cwd=str(tmp / "repo"), profile=profile, roots=roots, config=extra, host_env=env, **flags
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -114,7 +120,10 @@ def test_user_rule_cannot_reopen_protected_metadata(tmp: Path) -> None:
     subprocess.run(["git", "init", "-q", str(tmp / "repo")], check=True)
     plan = plan_for(tmp, writable=[str(tmp / "repo/.git/hooks")])
     assert plan.access(str(tmp / "repo/.git/hooks")) == "read"
-    assert any("stays read-only" in n for n in plan.notes) or plan.access(str(tmp / "repo/.git/hooks/x")) == "read"
+    assert (
+        any("stays read-only" in n for n in plan.notes)
+        or plan.access(str(tmp / "repo/.git/hooks/x")) == "read"
+    )
 
 
 def test_two_roots_each_protected(tmp: Path) -> None:
@@ -146,13 +155,27 @@ def test_layers_later_wins(tmp: Path) -> None:
 
 
 def test_secrets_withheld_from_env(tmp: Path) -> None:
-    ctx = Context.current(str(tmp / "repo"), (), {
-        "HOME": str(tmp), "PATH": "/bin", "OPENAI_API_KEY": "sk-1", "GITHUB_TOKEN": "t",
-        "AWS_PROFILE": "x", "DATABASE_URL": "postgres://u:pw@h/db", "EDITOR": "vi",
-        "GIT_AUTHOR_NAME": "A",
-    })
-    prof = load_profile(None, roots=[ctx.cwd], home=ctx.home, cwd=ctx.cwd,
-                        overrides=Overrides(env=("GITHUB_TOKEN", "FOO=bar")))
+    ctx = Context.current(
+        str(tmp / "repo"),
+        (),
+        {
+            "HOME": str(tmp),
+            "PATH": "/bin",
+            "OPENAI_API_KEY": "sk-1",
+            "GITHUB_TOKEN": "t",
+            "AWS_PROFILE": "x",
+            "DATABASE_URL": "postgres://u:pw@h/db",
+            "EDITOR": "vi",
+            "GIT_AUTHOR_NAME": "A",
+        },
+    )
+    prof = load_profile(
+        None,
+        roots=[ctx.cwd],
+        home=ctx.home,
+        cwd=ctx.cwd,
+        overrides=Overrides(env=("GITHUB_TOKEN", "FOO=bar")),
+    )
     plan = materialize(prof, ctx)
     assert set(plan.withheld) == {"OPENAI_API_KEY", "AWS_PROFILE", "DATABASE_URL"}
     assert plan.env["GITHUB_TOKEN"] == "t"
@@ -163,7 +186,11 @@ def test_secrets_withheld_from_env(tmp: Path) -> None:
 
 BAD_CONFIGS = [
     ('[profiles.p]\nextnds = "workspace"\n', "profiles.p.extnds", "did you mean 'extends'"),
-    ('[profiles.p.filesystem]\n":workspace_root" = "write"\n', "':workspace_root'", "did you mean ':workspace_roots'"),
+    (
+        '[profiles.p.filesystem]\n":workspace_root" = "write"\n',
+        "':workspace_root'",
+        "did you mean ':workspace_roots'",
+    ),
     ('[profiles.p.filesystem]\n"/x" = "writable"\n', "'/x'", "valid: read, write, deny, none"),
     ('[profiles.p.network]\nmode = "proxy"\n', "profiles.p.network.mode", "not yet supported"),
     ('[profiles.p.network]\nmode = "of"\n', "profiles.p.network.mode", "did you mean 'off'"),
@@ -174,8 +201,8 @@ BAD_CONFIGS = [
     ('[profiles.p.filesystem]\n":home" = "read"\n', "':home'", "not yet supported"),
     ('[profiles.p.filesystem]\n"../up" = "read"\n', "'../up'", "stay inside the root"),
     ('profle = "p"\n', "profle", "did you mean 'profile'"),
-    ('[profiles.p\n', "extra.toml", "invalid TOML"),
-    ('[profiles.p]\nglob_scan_max_depth = 0\n', "glob_scan_max_depth", "1 to 64"),
+    ("[profiles.p\n", "extra.toml", "invalid TOML"),
+    ("[profiles.p]\nglob_scan_max_depth = 0\n", "glob_scan_max_depth", "1 to 64"),
 ]
 
 
@@ -192,7 +219,12 @@ def test_bad_config_is_a_clear_error(tmp: Path, text: str, key: str, hint: str) 
 def test_missing_writable_is_an_error_unless_skipped(tmp: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         plan_for(tmp, writable=[str(tmp / "nope")])
-    plan = plan_for(tmp, '[profiles.p]\nextends = "workspace"\nskip_missing = true\n[profiles.p.filesystem]\n"/nope/x" = "write"\n', profile="p")
+    plan = plan_for(
+        tmp,
+        '[profiles.p]\nextends = "workspace"\nskip_missing = true\n'
+        '[profiles.p.filesystem]\n"/nope/x" = "write"\n',
+        profile="p",
+    )
     assert any("does not exist, skipped" in n for n in plan.notes)
 
 
@@ -228,8 +260,13 @@ def test_bad_flags_exit_2_and_run_nothing(tmp: Path, argv: list[str], hint: str)
     argv = [a if a != "true" else "touch" for a in argv]
     if argv[-1] == "touch":
         argv.append(str(marker))
-    done = subprocess.run([sys.executable, "-m", "stockade", *argv], cwd=tmp / "repo",
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "stockade", *argv],
+        cwd=tmp / "repo",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2, done
     assert hint in done.stderr
     assert "Traceback" not in done.stderr

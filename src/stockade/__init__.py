@@ -1,8 +1,8 @@
 """stockade: run the shell commands of AI coding agents in an OS sandbox, under a policy as data.
 
-    import stockade
-    result = stockade.run(["pytest", "-q"], cwd="/path/repo", profile="workspace")
-    result.returncode, result.stdout, result.stderr
+import stockade
+result = stockade.run(["pytest", "-q"], cwd="/path/repo", profile="workspace")
+result.returncode, result.stdout, result.stderr
 """
 
 from __future__ import annotations

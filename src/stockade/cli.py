@@ -20,20 +20,44 @@ TIMEOUT_EXIT = 124
 def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="NAME", help="profile to use (default: from config, else workspace)")
     p.add_argument("--config", metavar="FILE", help="an extra config file, read last")
-    p.add_argument("--root", metavar="DIR", action="append", default=[], help="workspace root (repeatable; default: cwd)")
-    p.add_argument("--writable", metavar="DIR", action="append", default=[], help="extra writable directory (repeatable)")
-    p.add_argument("--read", metavar="DIR", action="append", default=[], help="extra readable path (repeatable)")
-    p.add_argument("--deny", metavar="PATH_OR_GLOB", action="append", default=[], help="path or glob to hide (repeatable)")
+    p.add_argument(
+        "--root", metavar="DIR", action="append", default=[], help="workspace root (repeatable; default: cwd)"
+    )
+    p.add_argument(
+        "--writable", metavar="DIR", action="append", default=[], help="extra writable directory (repeatable)"
+    )
+    p.add_argument(
+        "--read", metavar="DIR", action="append", default=[], help="extra readable path (repeatable)"
+    )
+    p.add_argument(
+        "--deny",
+        metavar="PATH_OR_GLOB",
+        action="append",
+        default=[],
+        help="path or glob to hide (repeatable)",
+    )
     p.add_argument("--network", choices=("off", "on"), help="network access (default: from the profile)")
-    p.add_argument("--env", metavar="NAME[=VALUE]", action="append", default=[], help="let a variable through, or set it (repeatable)")
+    p.add_argument(
+        "--env",
+        metavar="NAME[=VALUE]",
+        action="append",
+        default=[],
+        help="let a variable through, or set it (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stockade", description="Run commands in an OS sandbox under a policy.")
+    parser = argparse.ArgumentParser(
+        prog="stockade", description="Run commands in an OS sandbox under a policy."
+    )
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run a command in the sandbox", usage="stockade run [options] -- COMMAND [ARGS...]")
+    run = sub.add_parser(
+        "run", help="run a command in the sandbox", usage="stockade run [options] -- COMMAND [ARGS...]"
+    )
     _policy_flags(run)
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="kill the whole sandbox after this long")
+    run.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="kill the whole sandbox after this long"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     explain = sub.add_parser("explain", help="print the materialized Plan")
     _policy_flags(explain)
@@ -51,8 +75,14 @@ def _plan(args: argparse.Namespace) -> Any:
     from .exec import prepare
 
     return prepare(
-        profile=args.profile, roots=args.root, writable=args.writable, read=args.read,
-        deny=args.deny, network=args.network, env=args.env, config=args.config,
+        profile=args.profile,
+        roots=args.root,
+        writable=args.writable,
+        read=args.read,
+        deny=args.deny,
+        network=args.network,
+        env=args.env,
+        config=args.config,
     )
 
 
@@ -160,7 +190,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "explain": cmd_explain, "doctor": cmd_doctor, "profiles": cmd_profiles}[args.cmd]
+    handler = {"run": cmd_run, "explain": cmd_explain, "doctor": cmd_doctor, "profiles": cmd_profiles}[
+        args.cmd
+    ]
     try:
         return handler(args)
     except StockadeError as exc:

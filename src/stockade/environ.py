@@ -10,18 +10,58 @@ from .policy.model import EnvPolicy
 
 # Always passed when present (none of them can carry a credential by themselves).
 CORE = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "PWD",
-     "COLORTERM", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "PAGER", "EDITOR", "VISUAL"}
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TERM",
+        "TZ",
+        "PWD",
+        "COLORTERM",
+        "NO_COLOR",
+        "FORCE_COLOR",
+        "COLUMNS",
+        "LINES",
+        "PAGER",
+        "EDITOR",
+        "VISUAL",
+    }
 )
 
 # Names that look like credentials (matched case-insensitively) are withheld by default.
 SECRET_PATTERNS = (
-    "*KEY*", "*SECRET*", "*TOKEN*", "*PASSW*", "*CREDENTIAL*", "*PRIVATE*",
-    "*AUTH", "*AUTH_*", "*OAUTH*", "*COOKIE*", "*SESSION*", "*_PAT", "AWS_*", "AZURE_*", "GOOGLE_*", "GCLOUD_*",
-    "*CONNECTION_STRING*", "*DSN*", "*WEBHOOK*", "VAULT_*",
+    "*KEY*",
+    "*SECRET*",
+    "*TOKEN*",
+    "*PASSW*",
+    "*CREDENTIAL*",
+    "*PRIVATE*",
+    "*AUTH",
+    "*AUTH_*",
+    "*OAUTH*",
+    "*COOKIE*",
+    "*SESSION*",
+    "*_PAT",
+    "AWS_*",
+    "AZURE_*",
+    "GOOGLE_*",
+    "GCLOUD_*",
+    "*CONNECTION_STRING*",
+    "*DSN*",
+    "*WEBHOOK*",
+    "VAULT_*",
     # Side doors to host services, useless (unreachable) inside anyway.
-    "SSH_AGENT_PID", "GPG_AGENT_INFO", "DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY",
-    "XAUTHORITY", "DOCKER_HOST",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "DOCKER_HOST",
 )
 # A value with userinfo in a URL (scheme://user:password@host) is a credential whatever its name.
 URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@")
@@ -35,9 +75,7 @@ def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
-def sandbox_env(
-    host: Mapping[str, str], policy: EnvPolicy
-) -> tuple[dict[str, str], dict[str, str]]:
+def sandbox_env(host: Mapping[str, str], policy: EnvPolicy) -> tuple[dict[str, str], dict[str, str]]:
     """(environment to pass, withheld name -> the reason), before stockade's own settings."""
     allowed = set(policy.passthrough)
     deny = SECRET_PATTERNS + policy.deny

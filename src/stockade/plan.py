@@ -266,8 +266,19 @@ def _safe_directory(env: dict[str, str], roots: tuple[str, ...], uid: int) -> No
 def materialize(profile: Profile, ctx: Context) -> Plan:
     roots = _roots(ctx)
     if profile.unconfined:
-        return Plan(profile.name, True, ctx.cwd, roots, (), (), "on", ctx.tmpdir or "/tmp",
-                    dict(ctx.env), {}, ("NO SANDBOX: full-access runs the command unconfined",))
+        return Plan(
+            profile.name,
+            True,
+            ctx.cwd,
+            roots,
+            (),
+            (),
+            "on",
+            ctx.tmpdir or "/tmp",
+            dict(ctx.env),
+            {},
+            ("NO SANDBOX: full-access runs the command unconfined",),
+        )
     b = _Builder(profile, ctx, roots)
     for rule in profile.filesystem:
         for lexical, required in b.expand(rule):
@@ -276,7 +287,9 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
     b.protect(tmp_dirs)
     b.missing_denies()
 
-    tmpdir = next((t for t in (ctx.tmpdir, "/tmp") if t and b.effective(os.path.realpath(t)) == "write"), None)
+    tmpdir = next(
+        (t for t in (ctx.tmpdir, "/tmp") if t and b.effective(os.path.realpath(t)) == "write"), None
+    )
     if tmpdir is None:
         tmpdir = "/tmp"
         if "/tmp" not in b.entries:
@@ -285,15 +298,30 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
                 access = b.effective(path)
                 if path.startswith("/tmp/") and access and path not in b.entries:
                     b.entries[path] = PathRule(path, access, "dir", "kept visible over private /tmp", path)
-            b.entries["/tmp"] = PathRule("/tmp", "write", "scratch", "no writable tmp granted: private tmpfs", "/tmp")
+            b.entries["/tmp"] = PathRule(
+                "/tmp", "write", "scratch", "no writable tmp granted: private tmpfs", "/tmp"
+            )
     cwd = os.path.realpath(ctx.cwd)
     if b.effective(cwd) in (None, "deny"):
-        raise ConfigError(f"the working directory {ctx.cwd} is not readable under profile {profile.name!r}", key="cwd")
+        raise ConfigError(
+            f"the working directory {ctx.cwd} is not readable under profile {profile.name!r}", key="cwd"
+        )
 
     env, withheld = sandbox_env(ctx.env, profile.env)
     env["TMPDIR"] = tmpdir
     env["PWD"] = ctx.cwd
     _safe_directory(env, roots, ctx.uid)
     rules = tuple(sorted(b.entries.values(), key=lambda r: r.path))
-    return Plan(profile.name, False, ctx.cwd, roots, rules, tuple(b.placeholders), profile.network,
-                tmpdir, env, withheld, tuple(b.notes))
+    return Plan(
+        profile.name,
+        False,
+        ctx.cwd,
+        roots,
+        rules,
+        tuple(b.placeholders),
+        profile.network,
+        tmpdir,
+        env,
+        withheld,
+        tuple(b.notes),
+    )

@@ -10,7 +10,7 @@ import json
 import os
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
-from ..plan import Plan, PathRule
+from ..plan import PathRule, Plan
 from ..state import empty_file
 from . import hostsockets, seccomp
 from .base import LaunchSpec
@@ -83,7 +83,9 @@ class BwrapBackend:
             args += ["--remount-ro", path]
         return args
 
-    def _op(self, rule: PathRule, parent: str | None, by_path: dict[str, PathRule], remount: list[str]) -> list[str]:
+    def _op(
+        self, rule: PathRule, parent: str | None, by_path: dict[str, PathRule], remount: list[str]
+    ) -> list[str]:
         path = rule.path
         if rule.kind == "scratch":
             return ["--perms", "1777", "--tmpfs", path]
@@ -114,11 +116,15 @@ class BwrapBackend:
             "--disable-userns",
             "--die-with-parent",
             "--new-session",
-            "--cap-drop", "ALL",
-            "--seccomp", str(filter_r),
-            "--json-status-fd", str(status_w),
+            "--cap-drop",
+            "ALL",
+            "--seccomp",
+            str(filter_r),
+            "--json-status-fd",
+            str(status_w),
             *self.mounts(plan),
-            "--chdir", os.path.realpath(plan.cwd),
+            "--chdir",
+            os.path.realpath(plan.cwd),
             "--",
             *argv,
         ]

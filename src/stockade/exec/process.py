@@ -47,7 +47,11 @@ def prepare(
     ctx = Context.current(cwd, roots, host_env)
     overrides = Overrides(tuple(writable), tuple(read), tuple(deny), network, tuple(env))
     prof = load_profile(
-        profile, roots=list(ctx.workspace_roots), home=ctx.home, cwd=ctx.cwd, config=config,
+        profile,
+        roots=list(ctx.workspace_roots),
+        home=ctx.home,
+        cwd=ctx.cwd,
+        config=config,
         overrides=overrides,
     )
     return materialize(prof, ctx)
@@ -74,7 +78,9 @@ class Sandboxed:
         if plan.unconfined:
             self.backend = None
             self.spec = None
-            self.proc = subprocess.Popen(list(argv), cwd=plan.cwd, env=plan.env, stdin=stdin, stdout=stdout, stderr=stderr)
+            self.proc = subprocess.Popen(
+                list(argv), cwd=plan.cwd, env=plan.env, stdin=stdin, stdout=stdout, stderr=stderr
+            )
             return
         self.backend = backend or select_backend(plan)
         self.backend.check(plan)
@@ -83,8 +89,13 @@ class Sandboxed:
             self.spec = self.backend.launch(plan, list(argv))
             try:
                 self.proc = subprocess.Popen(
-                    self.spec.argv, env=self.spec.env, cwd=self.spec.cwd, pass_fds=self.spec.pass_fds,
-                    stdin=stdin, stdout=stdout, stderr=stderr,
+                    self.spec.argv,
+                    env=self.spec.env,
+                    cwd=self.spec.cwd,
+                    pass_fds=self.spec.pass_fds,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
                 )
             finally:
                 self.spec.after_spawn()
@@ -150,9 +161,15 @@ def run(
 ) -> Result:
     """Run `argv` in the sandbox and wait for it, like subprocess.run (output captured by default)."""
     plan = prepare(
-        cwd=os.fspath(cwd) if cwd is not None else None, profile=profile,
-        roots=[os.fspath(r) for r in roots], writable=[os.fspath(w) for w in writable],
-        read=[os.fspath(r) for r in read], deny=deny, network=network, env=env, config=config,
+        cwd=os.fspath(cwd) if cwd is not None else None,
+        profile=profile,
+        roots=[os.fspath(r) for r in roots],
+        writable=[os.fspath(w) for w in writable],
+        read=[os.fspath(r) for r in read],
+        deny=deny,
+        network=network,
+        env=env,
+        config=config,
         host_env=host_env,
     )
     if capture_output:

@@ -147,7 +147,7 @@ def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
         if isinstance(value, dict):
             if raw_key != WORKSPACE_ROOTS:
                 raise ConfigError(
-                    f"only {WORKSPACE_ROOTS} takes a table of sub-paths; write {raw_key} = \"read\"",
+                    f'only {WORKSPACE_ROOTS} takes a table of sub-paths; write {raw_key} = "read"',
                     file=file,
                     key=key,
                 )
@@ -156,7 +156,9 @@ def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
                 sub_key = f"{key}.{sub!r}"
                 rel = _relative(sub, file, sub_key)
                 access = _access(sub_value, file, sub_key)
-                rules.append(_checked(FsRule(WORKSPACE_ROOTS, rel, access, f"{file}: {sub_key}"), file, sub_key))
+                rules.append(
+                    _checked(FsRule(WORKSPACE_ROOTS, rel, access, f"{file}: {sub_key}"), file, sub_key)
+                )
             return rules
         return [FsRule(raw_key, ".", _access(value, file, key), source)]
     access = _access(value, file, key)
@@ -176,7 +178,9 @@ def _relative(path: str, file: str, key: str) -> str:
         raise ConfigError("sub-paths of :workspace_roots must be relative", file=file, key=key)
     norm = os.path.normpath(path) if path else "."
     if norm == ".." or norm.startswith("../"):
-        raise ConfigError("relative paths must stay inside the root; use an absolute path", file=file, key=key)
+        raise ConfigError(
+            "relative paths must stay inside the root; use an absolute path", file=file, key=key
+        )
     return norm
 
 
@@ -201,10 +205,16 @@ def _network(value: Any, file: str, key: str) -> str:
             raise ConfigError(f"unknown key; {_suggest(sub, NETWORK_KEYS)}", file=file, key=f"{key}.{sub}")
     mode = value.get("mode", "off")
     if mode in NOT_YET:
-        raise ConfigError(f"mode {mode!r} is not yet supported (comes with {NOT_YET[mode]}); "
-                          f"valid now: {', '.join(NETWORK_MODES)}", file=file, key=f"{key}.mode")
+        raise ConfigError(
+            f"mode {mode!r} is not yet supported (comes with {NOT_YET[mode]}); "
+            f"valid now: {', '.join(NETWORK_MODES)}",
+            file=file,
+            key=f"{key}.mode",
+        )
     if mode not in NETWORK_MODES:
-        raise ConfigError(f"invalid mode {mode!r}; {_suggest(str(mode), NETWORK_MODES)}", file=file, key=f"{key}.mode")
+        raise ConfigError(
+            f"invalid mode {mode!r}; {_suggest(str(mode), NETWORK_MODES)}", file=file, key=f"{key}.mode"
+        )
     return mode
 
 
@@ -228,10 +238,10 @@ def _env(value: Any, base: EnvPolicy, file: str, key: str) -> EnvPolicy:
     fixed = dict(base.set)
     raw_set = value.get("set", {})
     if not isinstance(raw_set, dict):
-        raise ConfigError("must be a table NAME = \"value\"", file=file, key=f"{key}.set")
+        raise ConfigError('must be a table NAME = "value"', file=file, key=f"{key}.set")
     for name, val in raw_set.items():
         if not ENV_NAME.match(name) or not isinstance(val, str):
-            raise ConfigError("must be NAME = \"string value\"", file=file, key=f"{key}.set.{name}")
+            raise ConfigError('must be NAME = "string value"', file=file, key=f"{key}.set.{name}")
         fixed[name] = val
     return EnvPolicy(passthrough, tuple(fixed.items()), deny)
 
@@ -256,12 +266,16 @@ def apply_body(profile: Profile, body: dict[str, Any], file: str, name: str) -> 
     if "git" in body:
         git = body["git"]
         if git not in GIT_MODES:
-            raise ConfigError(f"invalid value {git!r}; {_suggest(str(git), GIT_MODES)}", file=file, key=f"{prefix}.git")
+            raise ConfigError(
+                f"invalid value {git!r}; {_suggest(str(git), GIT_MODES)}", file=file, key=f"{prefix}.git"
+            )
         profile = replace(profile, git=git)
     if "glob_scan_max_depth" in body:
         depth = body["glob_scan_max_depth"]
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 64:
-            raise ConfigError("must be an integer from 1 to 64", file=file, key=f"{prefix}.glob_scan_max_depth")
+            raise ConfigError(
+                "must be an integer from 1 to 64", file=file, key=f"{prefix}.glob_scan_max_depth"
+            )
         profile = replace(profile, glob_scan_max_depth=depth)
     if "skip_missing" in body:
         if not isinstance(body["skip_missing"], bool):
@@ -291,12 +305,19 @@ def resolve(
     if not defs:
         known = tuple(available(layers))
         if _seen:
-            raise ConfigError(f"unknown profile {name!r}; {_suggest(name, known)}",
-                              file=_where, key=f"profiles.{_seen[-1]}.extends")
+            raise ConfigError(
+                f"unknown profile {name!r}; {_suggest(name, known)}",
+                file=_where,
+                key=f"profiles.{_seen[-1]}.extends",
+            )
         raise ConfigError(f"unknown profile {name!r}; {_suggest(name, known)}", key="--profile")
     if name in _seen:
         chain = " -> ".join((*_seen, name))
-        raise ConfigError(f"profiles extend each other in a cycle: {chain}", file=defs[-1][0], key=f"profiles.{name}.extends")
+        raise ConfigError(
+            f"profiles extend each other in a cycle: {chain}",
+            file=defs[-1][0],
+            key=f"profiles.{name}.extends",
+        )
     extends, extends_file = None, None
     for file, body in defs:
         if "extends" in body:
@@ -304,8 +325,11 @@ def resolve(
                 raise ConfigError("must be a profile name", file=file, key=f"profiles.{name}.extends")
             extends, extends_file = body["extends"], file
     if extends in UNCONFINED:
-        raise ConfigError(f"cannot extend {extends!r}: it is no sandbox; use it by name",
-                          file=extends_file, key=f"profiles.{name}.extends")
+        raise ConfigError(
+            f"cannot extend {extends!r}: it is no sandbox; use it by name",
+            file=extends_file,
+            key=f"profiles.{name}.extends",
+        )
     base = resolve(extends, layers, _seen=(*_seen, name), _where=extends_file) if extends else Profile(name)
     profile = replace(base, name=name, unconfined=name in UNCONFINED and not extends)
     for file, body in defs:
@@ -360,7 +384,9 @@ def apply_overrides(profile: Profile, o: Overrides, cwd: str) -> Profile:
                 fixed[name] = value
             else:
                 passthrough.append(name)
-        profile = replace(profile, env=replace(profile.env, passthrough=tuple(passthrough), set=tuple(fixed.items())))
+        profile = replace(
+            profile, env=replace(profile.env, passthrough=tuple(passthrough), set=tuple(fixed.items()))
+        )
     return profile
 
 

@@ -7,7 +7,6 @@ Exit status: the command's own; 128+N when it died of signal N (or stockade got 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from typing import Any
@@ -161,6 +160,8 @@ def _backend_line(plan: Any) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     plan = _plan(args)
     if args.json:
+        import json
+
         data = plan.to_json()
         data["backend"] = _backend_line(plan)
         print(json.dumps(data, indent=2))
@@ -171,6 +172,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
+
+    import json
 
     report = diagnose()
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())

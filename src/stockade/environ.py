@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping
 
@@ -67,12 +68,16 @@ SECRET_PATTERNS = (
 URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@")
 
 
+@functools.cache
+def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One case-insensitive regex for all patterns: this runs for every variable on every command."""
+    groups = "|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))
+    return re.compile(groups, re.IGNORECASE)
+
+
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
-    upper = name.upper()
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(upper, pattern.upper()):
-            return pattern
-    return None
+    found = _matcher(patterns).match(name)
+    return patterns[int(found.lastgroup[1:])] if found and found.lastgroup else None
 
 
 def sandbox_env(host: Mapping[str, str], policy: EnvPolicy) -> tuple[dict[str, str], dict[str, str]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from functools import cache
+
+
+def has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
 
 
 @cache
@@ -47,7 +50,7 @@ def split(pattern: str) -> tuple[str, str]:
     """(fixed directory prefix, the rest): the walk starts at the prefix."""
     parts = pattern.split("/")
     for i, part in enumerate(parts):
-        if glob.has_magic(part):
+        if has_magic(part):
             return "/".join(parts[:i]) or "/", "/".join(parts[i:])
     return pattern, ""
 

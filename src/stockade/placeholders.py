@@ -12,7 +12,9 @@ import fcntl
 import os
 from collections.abc import Iterable
 from types import TracebackType
+from typing import IO
 
+from .errors import StockadeError
 from .plan import Placeholder
 from .state import state_dir
 
@@ -27,17 +29,29 @@ class Placeholders:
     def __enter__(self) -> Placeholders:
         if not self.items:
             return self
+        try:
+            self._enter()
+        except OSError as exc:
+            self.__exit__(None, None, None)
+            raise StockadeError(
+                f"cannot create the placeholders that protect {exc.filename or 'a protected path'}: "
+                f"{exc.strerror}; nothing was run"
+            ) from None
+        return self
+
+    def _enter(self) -> None:
         base = state_dir()
         self.journal = os.path.join(base, "placeholders.journal")
         self.lock_fd = os.open(os.path.join(base, "placeholders.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         if _try_lock(self.lock_fd, fcntl.LOCK_EX):
             self._sweep()  # leftovers of a run that was killed
         fcntl.flock(self.lock_fd, fcntl.LOCK_SH)
-        created = [line for item in self.items for line in _create(item)]
-        if created:
-            with open(self.journal, "a", encoding="utf-8") as fh:
-                fh.writelines(f"{kind}\t{path}\n" for kind, path in created)
-        return self
+        missing = [item for item in self.items if not os.path.lexists(item.path)]
+        if missing:
+            with open(self.journal, "a", encoding="utf-8") as journal:
+                for item in missing:
+                    if not os.path.lexists(item.path):  # the same path may be listed twice
+                        _create(item, journal)
 
     def __exit__(
         self,
@@ -74,28 +88,23 @@ def _try_lock(fd: int, how: int) -> bool:
         return False
 
 
-def _create(item: Placeholder) -> list[tuple[str, str]]:
-    """Create the placeholder (and missing parents); return what was created, in order."""
-    if os.path.lexists(item.path):
-        return []
-    created: list[tuple[str, str]] = []
+def _create(item: Placeholder, journal: IO[str]) -> None:
+    """Create the placeholder (and missing parents), journaling each path before it exists."""
     parent = os.path.dirname(item.path)
     missing = []
     while not os.path.lexists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
-    for d in reversed(missing):
-        os.mkdir(d, 0o755)
-        created.append(("dir", d))
-    content = CONTENT[item.kind]
-    if content is None:
-        os.mkdir(item.path, 0o755)
-    else:
-        fd = os.open(item.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, content)
-        os.close(fd)
-    created.append((item.kind, item.path))
-    return created
+    for kind, path in [*(("dir", d) for d in reversed(missing)), (item.kind, item.path)]:
+        journal.write(f"{kind}\t{path}\n")
+        journal.flush()
+        content = CONTENT[kind]
+        if content is None:
+            os.mkdir(path, 0o755)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, content)
+            os.close(fd)
 
 
 def _remove(kind: str, path: str) -> None:

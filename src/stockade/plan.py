@@ -153,7 +153,7 @@ class _Builder:
         raise ConfigError(f"special path {rule.anchor} is not supported here", key=rule.source)
 
     def _maybe_glob(self, path: str, rule: FsRule) -> list[tuple[str, bool]]:
-        if not globs.glob.has_magic(path):
+        if not globs.has_magic(path):
             return [(os.path.normpath(path), True)]
         base, rest = globs.split(path)
         if base == "/" and "**" in rest:
@@ -318,7 +318,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         ctx.cwd,
         roots,
         rules,
-        tuple(b.placeholders),
+        tuple({p.path: p for p in b.placeholders}.values()),  # one path may be protected twice
         profile.network,
         tmpdir,
         env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import tempfile
 
 from .errors import SandboxUnavailable
 
@@ -17,7 +16,8 @@ def _usable(path: str) -> bool:
     except OSError:
         return False
     # Never trust a directory someone else owns or a symlink: a mask could be swapped.
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    owned = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    return owned and os.access(path, os.W_OK)
 
 
 @functools.cache
@@ -28,6 +28,8 @@ def state_dir() -> str:
     candidates = [os.path.join(xdg, "stockade")]
     if runtime:
         candidates.append(os.path.join(runtime, "stockade"))
+    import tempfile  # last resort only
+
     candidates.append(os.path.join(tempfile.gettempdir(), f"stockade-{os.getuid()}"))
     for path in candidates:
         if _usable(path):

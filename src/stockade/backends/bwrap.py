@@ -6,8 +6,8 @@ always lands on top of its parent: that is how "the most specific path wins" is 
 
 from __future__ import annotations
 
-import json
 import os
+import re
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan
@@ -16,6 +16,7 @@ from . import hostsockets, seccomp
 from .base import LaunchSpec
 from .locate import BwrapBinary, find_bwrap
 
+EXIT_CODE = re.compile(rb'"exit-code"\s*:\s*(\d+)')  # bwrap's JSON status line
 FRESH = ("/dev", "/proc")  # provided new by the sandbox; the Plan cannot grant inside them
 NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
 
@@ -30,9 +31,9 @@ class BwrapBackend:
     def __init__(self, binary: BwrapBinary | None = None) -> None:
         binary = binary or find_bwrap()
         if binary is None:
-            from ..doctor import diagnose
+            from ..doctor import explain_launch_failure
 
-            raise SandboxUnavailable(diagnose().render())
+            raise SandboxUnavailable(explain_launch_failure(""))
         self.binary = binary
 
     def describe(self) -> str:
@@ -146,14 +147,8 @@ class BwrapBackend:
             chunks.append(data)
         os.close(spec.status_fd)
         spec.status_fd = None
-        for line in b"".join(chunks).decode(errors="replace").splitlines():
-            try:
-                status = json.loads(line)
-            except ValueError:
-                continue
-            if "exit-code" in status:
-                return int(status["exit-code"])
-        return None
+        found = EXIT_CODE.search(b"".join(chunks))
+        return int(found.group(1)) if found else None
 
 
 def _nearest(effective: dict[str, str], path: str) -> str | None:

@@ -24,6 +24,34 @@ class BwrapBinary:
 
 
 def _version(path: str) -> tuple[int, ...] | None:
+    """`bwrap --version`, remembered per (path, mtime, size): it would cost a spawn per command."""
+    from ..errors import StockadeError
+    from ..state import state_dir
+
+    try:
+        st = os.stat(path)
+        cache = os.path.join(state_dir(), "bwrap-version")
+    except (OSError, StockadeError):
+        return _run_version(path)
+    stamp = f"{path}\t{st.st_mtime_ns}\t{st.st_size}\t"
+    try:
+        with open(cache, encoding="utf-8") as fh:
+            line = fh.read()
+        if line.startswith(stamp):
+            return tuple(int(x) for x in line[len(stamp) :].split("."))
+    except (OSError, ValueError):
+        pass
+    version = _run_version(path)
+    if version is not None:
+        try:
+            with open(cache, "w", encoding="utf-8") as fh:
+                fh.write(stamp + ".".join(map(str, version)))
+        except OSError:
+            pass
+    return version
+
+
+def _run_version(path: str) -> tuple[int, ...] | None:
     try:
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=5, check=False

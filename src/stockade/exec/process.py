@@ -123,11 +123,10 @@ class Sandboxed:
             return 128 - rc if rc < 0 else rc
         # The sandbox never started the command: a host that cannot sandbox, or a command
         # that could not be executed. Tell them apart by asking the doctor.
-        from ..doctor import diagnose
+        from ..doctor import diagnose, explain_launch_failure
 
-        report = diagnose()
-        if not report.can_sandbox:
-            raise SandboxUnavailable(report.render())
+        if not diagnose().can_sandbox:
+            raise SandboxUnavailable(explain_launch_failure(""))
         return 127
 
     def __enter__(self) -> Sandboxed:

@@ -7,15 +7,13 @@ file, the key and what would be valid; nothing is ever silently ignored.
 
 from __future__ import annotations
 
-import difflib
-import glob
 import os
 import re
-import tomllib
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
+from ..globs import has_magic
 from .builtin import BUILTIN, BUILTIN_FILE, DEFAULT_PROFILE, UNCONFINED
 from .model import (
     ACCESS_VALUES,
@@ -48,6 +46,8 @@ ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]!]+$")
 
 
 def _suggest(word: str, valid: tuple[str, ...] | list[str]) -> str:
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"valid: {', '.join(valid)}{hint}"
@@ -102,6 +102,8 @@ def read_layer(path: str, *, required: bool) -> Layer | None:
     hit = _file_cache.get(path)
     if hit and hit[0] == stamp:
         return hit[1]
+    import tomllib  # only when a config file exists: keeps `stockade run` start-up lean
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -134,7 +136,7 @@ def _access(value: Any, file: str, key: str) -> Access:
 
 
 def _is_glob(path: str) -> bool:
-    return glob.has_magic(path)
+    return has_magic(path)
 
 
 def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:

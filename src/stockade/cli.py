@@ -171,9 +171,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose
-
     import json
+
+    from .doctor import diagnose
 
     report = diagnose()
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())

@@ -176,7 +176,9 @@ def check_landlock() -> Check:
     abi = libc.syscall(nr, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
     if abi < 0:
         err = os.strerror(ctypes.get_errno())
-        return Check("landlock", False, f"not available ({err})", "boot with lsm=...,landlock", required=False)
+        return Check(
+            "landlock", False, f"not available ({err})", "boot with lsm=...,landlock", required=False
+        )
     return Check("landlock", True, f"ABI {abi} (used by a later backend)", required=False)
 
 

@@ -10,11 +10,16 @@ sockets bound after launch.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 
 
 def bound_paths(proc_net_unix: str = "/proc/net/unix") -> set[str]:
-    """Paths of pathname sockets bound in the current network namespace."""
+    """Paths of pathname sockets bound in the current network namespace that still exist.
+
+    A socket whose file was unlinked stays listed until it is closed; it cannot be reached
+    (nor masked) any more, so it is left out.
+    """
     paths: set[str] = set()
     try:
         with open(proc_net_unix, encoding="utf-8", errors="replace") as fh:
@@ -25,7 +30,14 @@ def bound_paths(proc_net_unix: str = "/proc/net/unix") -> set[str]:
                     paths.add(fields[7].rstrip("\n"))
     except OSError:
         pass
-    return paths
+    return {p for p in paths if _is_socket(p)}
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def socket_dirs(env: Mapping[str, str]) -> list[str]:

@@ -6,7 +6,8 @@ Prints the median (and p90) wall time of:
   true         the unsandboxed command, spawned from Python
   raw bwrap    bwrap with exactly the namespaces, mounts and seccomp filter stockade uses
   stockade.run stockade.run(["true"]) from a warm Python process (config, Plan, placeholders, spawn)
-  CLI          `stockade run -- true` as a new process (interpreter start-up included)
+  CLI          `stockade run -- true` as a new process (interpreter start-up included),
+               next to `python -c pass` to show what the interpreter alone costs here
 and the ratios stockade.run / raw bwrap and stockade.run / true.
 """
 
@@ -73,6 +74,10 @@ def main() -> None:
     results["CLI (python -m stockade run -- true)"] = timed(
         lambda: subprocess.run(cli, cwd=args.cwd, check=True), args.cli_runs
     )
+    # The interpreter's own start-up, for reading the CLI figure: stockade's share is the difference.
+    results["python -c pass (interpreter start-up)"] = timed(
+        lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.cli_runs
+    )
 
     print(f"stockade per-command overhead ({args.runs} runs; CLI {args.cli_runs}; cwd {args.cwd})")
     print(f"backend: {backend.describe()}")
@@ -83,6 +88,8 @@ def main() -> None:
         print(f"  {name:38} median {med[name] * 1000:7.2f} ms   p90 {p90 * 1000:7.2f} ms")
     print(f"  stockade.run / raw bwrap : {med['stockade.run'] / med['raw bwrap']:.2f}x  (target <= 1.2x)")
     print(f"  stockade.run / true      : {med['stockade.run'] / med['true']:.2f}x")
+    cli_own = med["CLI (python -m stockade run -- true)"] - med["python -c pass (interpreter start-up)"]
+    print(f"  CLI minus interpreter start-up: {cli_own * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -271,3 +271,12 @@ def test_bad_flags_exit_2_and_run_nothing(tmp: Path, argv: list[str], hint: str)
     assert hint in done.stderr
     assert "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+def test_project_config_cannot_turn_the_sandbox_off(tmp: Path) -> None:
+    (tmp / "repo" / ".stockade").mkdir()
+    (tmp / "repo" / ".stockade" / "config.toml").write_text('profile = "full-access"\n')
+    with pytest.raises(ConfigError, match="project config cannot select 'full-access'") as err:
+        plan_for(tmp)
+    assert ".stockade/config.toml" in str(err.value)
+    assert plan_for(tmp, profile="full-access").unconfined  # the user may, explicitly

@@ -8,6 +8,7 @@ leaves its journal behind; the next run to hold the lock alone cleans it up.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterable
@@ -95,6 +96,9 @@ def _create(item: Placeholder, journal: IO[str]) -> None:
     while not os.path.lexists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
+    if os.path.realpath(parent) != parent:
+        # A symlink planted in the tree must not make us create files somewhere else.
+        raise OSError(errno.ELOOP, "a parent directory is a symlink", parent)
     for kind, path in [*(("dir", d) for d in reversed(missing)), (item.kind, item.path)]:
         journal.write(f"{kind}\t{path}\n")
         journal.flush()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
-import platform
+import os
 import struct
 
 # BPF opcodes (linux/filter.h)
@@ -208,7 +208,7 @@ class Program:
 @functools.cache
 def build_filter(*, network: bool) -> bytes:
     """The filter for this machine's architecture; `network` False also limits socket families."""
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in ARCHES:
         raise RuntimeError(f"no seccomp filter for architecture {machine!r}; refusing to run unfiltered")
     audit_arch, table = ARCHES[machine]

@@ -407,12 +407,21 @@ def load_profile(
         for path, required in config_files(roots, home, config)
         if (layer := read_layer(path, required=required)) is not None
     ]
-    chosen = name
+    chosen, chosen_in = name, None
     if chosen is None:
         for layer in layers:
             if layer.profile is not None:
-                chosen = layer.profile
+                chosen, chosen_in = layer.profile, layer.file
     profile = resolve(chosen or DEFAULT_PROFILE, layers)
+    project = {os.path.join(root, ".stockade", "config.toml") for root in roots}
+    if profile.unconfined and chosen_in in project:
+        # A checkout must not turn the sandbox off for whoever runs commands in it.
+        raise ConfigError(
+            f"a project config cannot select {profile.name!r} (no sandbox); "
+            f"pass --profile {profile.name} yourself if you mean it",
+            file=chosen_in,
+            key="profile",
+        )
     return apply_overrides(profile, overrides, cwd)
 
 

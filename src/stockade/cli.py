@@ -91,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StockadeError("no command given: stockade run [options] -- COMMAND [ARGS...]")
     if args.timeout is not None and args.timeout <= 0:
         raise StockadeError(f"--timeout: must be a positive number of seconds, not {args.timeout}")
+    import subprocess
+
     from .exec import Sandboxed
 
     plan = _plan(args)
@@ -105,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     try:
         sandboxed.proc.wait(timeout=args.timeout)
-    except Exception:  # TimeoutExpired
+    except subprocess.TimeoutExpired:
         sandboxed.timed_out = True
         sandboxed.kill()
     code = sandboxed.finish()

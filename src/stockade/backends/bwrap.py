@@ -62,7 +62,7 @@ class BwrapBackend:
         remount: list[str] = []
         explicit = set(by_path)
         ops: list[tuple[str, PathRule | None]] = [(r.path, r) for r in plan.rules if r.path != "/"]
-        for d in hostsockets.socket_dirs(plan.env):
+        for d in hostsockets.socket_dirs({**os.environ, **plan.env}):  # SSH_AUTH_SOCK is withheld
             if not any(_under(p, d) for p in explicit):
                 ops.append((d, None))
         ops.sort(key=lambda op: op[0])

@@ -97,14 +97,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan = _plan(args)
     got: list[int] = []
+    running: list[Sandboxed] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         got.append(signum)
-        sandboxed.kill()
+        for sandboxed in running:
+            sandboxed.kill()
 
-    sandboxed = Sandboxed(plan, command)
+    # Installed before launch, so a signal that arrives while the sandbox starts is not lost.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    sandboxed = Sandboxed(plan, command)
+    running.append(sandboxed)
+    if got:
+        sandboxed.kill()
     try:
         sandboxed.proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:

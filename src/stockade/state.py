@@ -21,20 +21,29 @@ def _usable(path: str) -> bool:
 
 
 @functools.cache
-def state_dir() -> str:
+def find_state_dir() -> str | None:
+    """The first usable candidate, or None."""
     home = os.path.expanduser("~")
     xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     candidates = [os.path.join(xdg, "stockade")]
     if runtime:
         candidates.append(os.path.join(runtime, "stockade"))
-    import tempfile  # last resort only
+    # Never tempfile.gettempdir(): it falls back to the cwd, which may be the workspace.
+    candidates += [os.path.join(base, f"stockade-{os.getuid()}") for base in ("/tmp", "/var/tmp")]
+    return next((path for path in candidates if _usable(path)), None)
 
-    candidates.append(os.path.join(tempfile.gettempdir(), f"stockade-{os.getuid()}"))
-    for path in candidates:
-        if _usable(path):
-            return path
-    raise SandboxUnavailable(f"no usable state directory for stockade (tried {', '.join(candidates)})")
+
+def state_dir() -> str:
+    found = find_state_dir()
+    if found is not None:
+        return found
+    from .doctor import diagnose
+
+    raise SandboxUnavailable(
+        "no writable state directory for stockade (~/.local/state, $XDG_RUNTIME_DIR, /tmp, "
+        f"/var/tmp); the sandbox could not be started, so nothing was run.\n{diagnose().render()}"
+    )
 
 
 @functools.cache

@@ -11,7 +11,7 @@ import re
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan
-from ..state import empty_file
+from ..state import empty_file, state_dir
 from . import hostsockets, seccomp
 from .base import LaunchSpec
 from .locate import BwrapBinary, find_bwrap
@@ -60,29 +60,37 @@ class BwrapBackend:
             args += ["--bind", "/", "/"]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
         remount: list[str] = []
-        explicit = set(by_path)
-        ops: list[tuple[str, PathRule | None]] = [(r.path, r) for r in plan.rules if r.path != "/"]
-        for d in hostsockets.socket_dirs({**os.environ, **plan.env}):  # SSH_AUTH_SOCK is withheld
-            if not any(_under(p, d) for p in explicit):
-                ops.append((d, None))
-        ops.sort(key=lambda op: op[0])
+        for rule in self._host_masks(plan):
+            by_path.setdefault(rule.path, rule)
         effective: dict[str, str] = {"/": root.access} if root else {}
-        for path, rule in ops:
-            parent = _nearest(effective, os.path.dirname(path))
-            if rule is None:  # a host socket directory: hide it whole when visible
-                if parent in ("read", "write"):
-                    args += ["--perms", "0000", "--tmpfs", path]
-                    remount.append(path)
-                    effective[path] = "deny"
+        for path in sorted(by_path):
+            if path == "/":
                 continue
-            effective[path] = rule.access
-            args += self._op(rule, parent, by_path, remount)
+            parent = _nearest(effective, os.path.dirname(path))
+            effective[path] = by_path[path].access
+            args += self._op(by_path[path], parent, by_path, remount)
         for sock in sorted(hostsockets.bound_paths()):
             if _nearest(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]
         for path in remount:
             args += ["--remount-ro", path]
         return args
+
+    def _host_masks(self, plan: Plan) -> list[PathRule]:
+        """Hidden whole (like a deny) unless the Plan names them itself: host socket directories,
+        and stockade's own state (a command must not rewrite the placeholder journal).
+
+        A file that must stay readable inside one of them (a resolv.conf kept under /run) is
+        re-bound on top, as any deeper entry would be.
+        """
+        env = {**os.environ, **plan.env}  # SSH_AUTH_SOCK is withheld from plan.env
+        masks = [PathRule(d, "deny", "dir", "host socket directory", d) for d in hostsockets.socket_dirs(env)]
+        state = os.path.realpath(state_dir())
+        masks.append(PathRule(state, "deny", "dir", "stockade state", state))
+        resolv = os.path.realpath("/etc/resolv.conf")
+        if plan.network == "on" and os.path.isfile(resolv) and any(_under(resolv, m.path) for m in masks):
+            masks.append(PathRule(resolv, "read", "file", "DNS configuration", "/etc/resolv.conf"))
+        return masks
 
     def _op(
         self, rule: PathRule, parent: str | None, by_path: dict[str, PathRule], remount: list[str]

@@ -41,8 +41,9 @@ def _is_socket(path: str) -> bool:
 
 
 def socket_dirs(env: Mapping[str, str]) -> list[str]:
-    """Directories that hold only host sockets and are hidden whole."""
-    dirs = ["/tmp/.X11-unix", "/tmp/.ICE-unix", "/run/user"]
+    """Directories where host services put their sockets: hidden whole, which also covers
+    sockets bound there after launch (/run holds docker, D-Bus, systemd, the user runtime dir)."""
+    dirs = ["/run", "/var/run", "/tmp/.X11-unix", "/tmp/.ICE-unix"]
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         dirs.append(runtime)

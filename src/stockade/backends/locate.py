@@ -25,14 +25,16 @@ class BwrapBinary:
 
 def _version(path: str) -> tuple[int, ...] | None:
     """`bwrap --version`, remembered per (path, mtime, size): it would cost a spawn per command."""
-    from ..errors import StockadeError
-    from ..state import state_dir
+    from ..state import find_state_dir
 
+    base = find_state_dir()
     try:
         st = os.stat(path)
-        cache = os.path.join(state_dir(), "bwrap-version")
-    except (OSError, StockadeError):
+    except OSError:
+        return None
+    if base is None:
         return _run_version(path)
+    cache = os.path.join(base, "bwrap-version")
     stamp = f"{path}\t{st.st_mtime_ns}\t{st.st_size}\t"
     try:
         with open(cache, encoding="utf-8") as fh:

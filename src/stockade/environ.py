@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import functools
 import re
 from collections.abc import Mapping
 
@@ -68,16 +67,24 @@ SECRET_PATTERNS = (
 URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@")
 
 
-@functools.cache
-def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    """One case-insensitive regex for all patterns: this runs for every variable on every command."""
-    groups = "|".join(f"(?P<p{i}>{fnmatch.translate(p)})" for i, p in enumerate(patterns))
-    return re.compile(groups, re.IGNORECASE)
+def _match(name: str, pattern: str) -> bool:
+    """fnmatch, case-insensitive, with the common shapes (*X*, X*, *X) done without a regex:
+    compiling dozens of patterns would cost more than the rest of a CLI run's planning."""
+    core = pattern.strip("*")
+    if "*" in core or "?" in core or "[" in core:
+        return fnmatch.fnmatchcase(name, pattern)
+    if pattern.startswith("*") and pattern.endswith("*") and len(pattern) > 1:
+        return core in name
+    if pattern.endswith("*"):
+        return name.startswith(core)
+    if pattern.startswith("*"):
+        return name.endswith(core)
+    return name == pattern
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
-    found = _matcher(patterns).match(name)
-    return patterns[int(found.lastgroup[1:])] if found and found.lastgroup else None
+    upper = name.upper()
+    return next((p for p in patterns if _match(upper, p.upper())), None)
 
 
 def sandbox_env(host: Mapping[str, str], policy: EnvPolicy) -> tuple[dict[str, str], dict[str, str]]:

@@ -448,3 +448,49 @@ def test_namespaces_io_uring_and_vsock_refused(who: Who, workspace: Path) -> Non
     assert _outside(who, workspace, KERNEL_SURFACE).split()[1] != "EPERM"  # io_uring works outside
     assert _inside(who, workspace, KERNEL_SURFACE) == "EPERM EPERM EAFNOSUPPORT"
     assert _inside(who, workspace, KERNEL_SURFACE, flags=("--network", "on")) == "EPERM EPERM EAFNOSUPPORT"
+
+
+WAIT_AND_CONNECT = textwrap.dedent(
+    """
+    import errno, os, socket, sys, time
+    path = sys.argv[1]
+    print("WAITING", flush=True)
+    for _ in range(100):
+        if os.path.exists(path):
+            break
+        time.sleep(0.05)
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print("RESULT CONNECTED", s.recv(64).decode())
+    except OSError as e:
+        print("RESULT", errno.errorcode.get(e.errno, "?"))
+    """
+)
+
+
+def test_socket_bound_after_launch_in_a_tmux_directory_is_unreachable(who: Who, workspace: Path) -> None:
+    """A tmux server started after the sandbox must not become a way out through /tmp."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="tmux-stockade-test-", dir="/tmp"))
+    sock_dir.chmod(0o755)
+    path = str(sock_dir / "default")
+    try:
+        proc = subprocess.Popen(
+            [who.python, "-m", "stockade", "run", "--", who.python, "-c", WAIT_AND_CONNECT, path],
+            cwd=workspace,
+            env=who.env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            **who._popen_kw(),  # type: ignore[call-overload]
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "WAITING\n"
+        server = Listener(socket.AF_UNIX, path)  # bound only now, after launch
+        try:
+            out, _ = proc.communicate(timeout=30)
+            assert _outside(who, workspace, CONNECT, "unix", path) == f"CONNECTED {server.token}"
+        finally:
+            server.close()
+        assert "RESULT CONNECTED" not in out, out
+        assert "RESULT" in out, out
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)

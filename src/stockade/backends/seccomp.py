@@ -146,7 +146,7 @@ def build_filter(*, network: bool) -> bytes:
     nr = {**table, **COMMON}
     p = Program()
     p.load(OFF_ARCH)
-    p.jump(JEQ_K, audit_arch, 0, 0)  # syscall numbers mean nothing under another ABI
+    p.jump(JEQ_K, audit_arch, 0, "kill")  # syscall numbers mean nothing under another ABI
     p.load(OFF_NR)
     if machine == "x86_64":
         p.jump(JGE_K, X32_SYSCALL_BIT, "eperm")  # x32 ABI (as libseccomp: every nr >= the bit)

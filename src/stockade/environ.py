@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping
 
@@ -67,24 +68,42 @@ SECRET_PATTERNS = (
 URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]+:[^/@\s]+@")
 
 
-def _match(name: str, pattern: str) -> bool:
-    """fnmatch, case-insensitive, with the common shapes (*X*, X*, *X) done without a regex:
-    compiling dozens of patterns would cost more than the rest of a CLI run's planning."""
-    core = pattern.strip("*")
-    if "*" in core or "?" in core or "[" in core:
-        return fnmatch.fnmatchcase(name, pattern)
-    if pattern.startswith("*") and pattern.endswith("*") and len(pattern) > 1:
-        return core in name
-    if pattern.endswith("*"):
-        return name.startswith(core)
-    if pattern.startswith("*"):
-        return name.endswith(core)
-    return name == pattern
+@functools.cache
+def _compiled(patterns: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """(shape, upper-cased core, pattern) per pattern: *X* / X* / *X / exact, or glob.
+
+    The common shapes are matched without a regex: this runs for every variable of every command.
+    """
+    out = []
+    for pattern in patterns:
+        upper = pattern.upper()
+        core = upper.strip("*")
+        if any(c in core for c in "*?["):
+            shape = "glob"
+        elif upper.startswith("*") and upper.endswith("*") and len(upper) > 1:
+            shape = "in"
+        elif upper.endswith("*"):
+            shape = "start"
+        elif upper.startswith("*"):
+            shape = "end"
+        else:
+            shape = "exact"
+        out.append((shape, upper if shape == "glob" else core, pattern))
+    return tuple(out)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
     upper = name.upper()
-    return next((p for p in patterns if _match(upper, p.upper())), None)
+    for shape, core, pattern in _compiled(patterns):
+        if (
+            (shape == "in" and core in upper)
+            or (shape == "start" and upper.startswith(core))
+            or (shape == "end" and upper.endswith(core))
+            or (shape == "exact" and upper == core)
+            or (shape == "glob" and fnmatch.fnmatchcase(upper, core))
+        ):
+            return pattern
+    return None
 
 
 def sandbox_env(host: Mapping[str, str], policy: EnvPolicy) -> tuple[dict[str, str], dict[str, str]]:

@@ -9,7 +9,6 @@ in this namespace) is masked at launch. See docs/design-notes.md for what this l
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 from collections.abc import Mapping
@@ -43,7 +42,8 @@ def _is_socket(path: str) -> bool:
 
 # Per-user socket directories that servers create in /tmp: tmux, OpenSSH agents, X11/ICE,
 # D-Bus, Emacs. Hidden whole when they exist, so a server started after launch is covered too.
-TMP_SOCKET_DIRS = ("tmux-*", "ssh-*", ".X11-unix", ".ICE-unix", "dbus-*", "emacs*", ".font-unix")
+TMP_SOCKET_PREFIXES = ("tmux-", "ssh-", "dbus-", "emacs")
+TMP_SOCKET_NAMES = frozenset({".X11-unix", ".ICE-unix", ".font-unix"})
 
 
 def socket_dirs(env: Mapping[str, str]) -> list[str]:
@@ -61,7 +61,7 @@ def socket_dirs(env: Mapping[str, str]) -> list[str]:
             dirs += [
                 e.path
                 for e in entries
-                if any(fnmatch.fnmatchcase(e.name, p) for p in TMP_SOCKET_DIRS)
+                if (e.name.startswith(TMP_SOCKET_PREFIXES) or e.name in TMP_SOCKET_NAMES)
                 and e.is_dir(follow_symlinks=False)
             ]
     except OSError:

@@ -229,3 +229,43 @@ def test_two_roots_both_writable_each_protected(who: Who, workspace: Path) -> No
     assert done.stdout.split()[0] == "both-ok" and failed(done, 2, skip=1), done.stdout + done.stderr
     assert (other / "f").exists() and (workspace / "f").exists()
     assert not (other / ".stockade").exists()
+
+
+def _wheel(dest: Path) -> Path:
+    """A minimal pure-Python wheel, built by hand so the test needs no network and no builder."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "hello_stockade/__init__.py": b"GREETING = 'hi from a wheel'\n",
+        "hello_stockade-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: hello-stockade\n"
+        b"Version: 1.0\n",
+        "hello_stockade-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("hello_stockade-1.0.dist-info/RECORD,,")
+    path = dest / "hello_stockade-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr("hello_stockade-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_venv_and_pip_install_inside_the_workspace(who: Who, workspace: Path) -> None:
+    wheel = _wheel(workspace)
+    who.own(workspace)
+    script = (
+        f"{who.python} -m venv .venv && .venv/bin/python -m pip install -q --no-index "
+        f"--disable-pip-version-check {wheel.name} && "
+        ".venv/bin/python -c 'import hello_stockade; print(hello_stockade.GREETING)'"
+    )
+    done = who.sandbox(script, workspace)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hi from a wheel" in done.stdout
+    assert list((workspace / ".venv").glob("lib/python3*/site-packages/hello_stockade/__init__.py"))

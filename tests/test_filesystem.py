@@ -269,3 +269,32 @@ def test_venv_and_pip_install_inside_the_workspace(who: Who, workspace: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hi from a wheel" in done.stdout
     assert list((workspace / ".venv").glob("lib/python3*/site-packages/hello_stockade/__init__.py"))
+
+
+def test_minimal_profile_sees_only_system_dirs_and_the_workspace(who: Who, workspace: Path) -> None:
+    """No `:root`: the sandbox starts from an empty root and only the listed trees appear."""
+    config = workspace.parent / f"{workspace.name}-minimal.toml"
+    config.write_text(
+        '[profiles.minimal]\n[profiles.minimal.filesystem]\n":minimal" = "read"\n'
+        '":workspace_roots" = "write"\n'
+    )
+    config.chmod(0o644)
+    outside = who.mkdtemp("hidden-")
+    (outside / "f").write_text("visible?")
+    who.own(outside)
+    home_file = Path(who.home) / f".stockade-probe-{os.getpid()}"
+    home_file.write_text("private")
+    os.chown(home_file, who.uid, who.gid)
+    script = (
+        f"cat /etc/hostname >/dev/null && echo etc-ok; ls {outside}; echo rc=$?; "
+        f"cat {home_file}; echo rc=$?; echo x > made && echo write-ok; "
+        f"{who.python} -c 'print(\"python-ok\")'"
+    )
+    done = who.sandbox(script, workspace, "--config", str(config), "--profile", "minimal")
+    lines = done.stdout.split()
+    assert lines[0] == "etc-ok", done.stdout + done.stderr
+    assert failed(done, 2, skip=1, then=["write-ok", "python-ok"]), done.stdout + done.stderr
+    assert "private" not in done.stdout
+    assert (workspace / "made").exists()
+    config.unlink()
+    home_file.unlink()

@@ -69,6 +69,13 @@ class BwrapBackend:
             parent = _nearest(effective, os.path.dirname(path))
             effective[path] = by_path[path].access
             args += self._op(by_path[path], parent, by_path, remount)
+        for rule in plan.rules:
+            # A symlink the rule was named by (/bin -> usr/bin on merged-/usr systems) must exist
+            # where nothing else makes it visible, or the path would vanish inside.
+            lexical = rule.lexical
+            if lexical != rule.path and os.path.islink(lexical) and _nearest(effective, lexical) is None:
+                args += ["--symlink", os.readlink(lexical), lexical]
+                effective[lexical] = rule.access
         for sock in sorted(hostsockets.bound_paths()):
             if _nearest(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]

@@ -298,3 +298,38 @@ def test_minimal_profile_sees_only_system_dirs_and_the_workspace(who: Who, works
     assert (workspace / "made").exists()
     config.unlink()
     home_file.unlink()
+
+
+def test_placeholders_shared_by_concurrent_runs_and_swept_after_sigkill(who: Who, repo: Path) -> None:
+    """A quick run finishing must not unprotect a long one; a killed run leaves nothing for good."""
+    import signal
+    import subprocess
+    import time
+
+    ready = repo / "ready"
+    long_script = f"touch {ready}; sleep 2; mkdir .agents/x 2>/dev/null; echo rc=$?"
+    argv = [who.python, "-m", "stockade", "run", "--", "sh", "-c", long_script]
+    slow = subprocess.Popen(
+        argv, cwd=repo, env=who.env(), text=True, stdout=subprocess.PIPE, **who._popen_kw()
+    )  # type: ignore[call-overload]
+    while not ready.exists():
+        time.sleep(0.05)
+    assert who.sandbox("true", repo).returncode == 0  # a second run starts and ends meanwhile
+    out, _ = slow.communicate(timeout=30)
+    assert out.strip().startswith("rc=") and out.strip() != "rc=0", out
+    assert not (repo / ".agents").exists()
+
+    killed = subprocess.Popen(
+        [who.python, "-m", "stockade", "run", "--", "sh", "-c", f"touch {ready}2; sleep 30"],
+        cwd=repo,
+        env=who.env(),
+        **who._popen_kw(),
+    )  # type: ignore[call-overload]
+    while not (repo / "ready2").exists():
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    assert (repo / ".agents").is_dir()  # left behind by the killed run...
+    time.sleep(0.5)  # ...until its sandbox is gone and the next run sweeps it
+    assert who.sandbox("true", repo).returncode == 0
+    assert not (repo / ".agents").exists() and not (repo / ".git" / "commondir").exists()

@@ -144,7 +144,7 @@ def render_plan(plan: Any, backend: str) -> str:
             lines.append(f"{access:7} {r.path:{width}}  {r.reason}{extra}{pin}")
         lines.append("(any path under no entry is not visible inside)")
     if plan.placeholders:
-        lines += ["", "created before launch so they cannot be created inside, removed after:"]
+        lines += ["", "created before launch if missing, so they cannot be created inside; removed after:"]
         lines += [f"  {p.path} ({p.kind})" for p in plan.placeholders]
     if plan.withheld:
         lines += ["", "environment withheld (let one through with --env NAME):"]

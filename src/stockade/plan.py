@@ -192,7 +192,7 @@ class _Builder:
         found: list[Protected] = []
         for root in writable:
             for item in protected_in(root, self.profile.git):
-                if item.placeholder and root in tmp_dirs:
+                if item.placeholder and root in tmp_dirs and not os.path.lexists(item.path):
                     continue  # nothing to guard in a scratch dir that is not a workspace
                 found.append(item)
         read_only: list[str] = []
@@ -204,11 +204,11 @@ class _Builder:
             if current is None or NARROW[current] < NARROW[item.access]:
                 continue  # already narrower than the protection asks
             if item.access == "read" or current == "write":
+                kind = _kind(path)
                 if item.placeholder:
                     self.placeholders.append(Placeholder(item.path, item.placeholder))
-                kind: Kind = "dir" if item.placeholder == "dir" else _kind(path)
-                if item.placeholder in ("file", "commondir"):
-                    kind = "file"
+                    if kind == "missing":
+                        kind = "dir" if item.placeholder == "dir" else "file"
                 pinned = item.access == "write"
                 self.entries[path] = PathRule(path, item.access, kind, item.reason, item.path, pinned)
                 if item.access == "read":

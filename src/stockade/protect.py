@@ -27,7 +27,12 @@ class Protected:
 
 
 def _read_only(path: str, reason: str, placeholder: Literal["dir", "file", "commondir"] | None) -> Protected:
-    return Protected(path, "read", reason, placeholder if not os.path.lexists(path) else None)
+    """Read-only; `placeholder` says what to create if the path is missing when the run starts.
+
+    It is listed whether or not the path exists now: existence is decided at launch, under
+    the placeholder lock, so a concurrent run's cleanup cannot remove it in between.
+    """
+    return Protected(path, "read", reason, placeholder)
 
 
 def _gitdir_rules(gitdir: str, reason: str, depth: int = 0, grant: bool = False) -> list[Protected]:
@@ -103,7 +108,7 @@ def common_dir(gitdir: str) -> str | None:
 def protected_in(root: str, git: str) -> list[Protected]:
     """Protected entries for one writable root; `git` is the profile's protect|read-only|write.
 
-    Entries with a `placeholder` do not exist yet; the caller creates them or drops the rule.
+    Entries with a `placeholder` may not exist; the caller creates them or drops the rule.
     """
     rules = [_read_only(os.path.join(root, n), f"protected {n}", "dir") for n in AGENT_DIRS]
     dotgit = os.path.join(root, ".git")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import Who
@@ -40,3 +43,23 @@ def test_profiles_lists_builtins(who: Who, workspace: Path) -> None:
     done = who.stockade("profiles", cwd=workspace)
     for name in ("read-only", "workspace", "full-access"):
         assert name in done.stdout
+
+
+def _locate(path: str) -> str:
+    """Which bwrap a fresh process picks with this PATH (find_bwrap is cached per process)."""
+    code = (
+        "from stockade.backends.locate import find_bwrap; b = find_bwrap(); print(b.origin, b.version_text)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "STOCKADE_BWRAP"}
+    env["PATH"] = path
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def test_a_system_bwrap_is_preferred_only_when_new_enough(tmp_path: Path) -> None:
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\necho bubblewrap 0.9.0\n")
+    bwrap.chmod(0o755)
+    assert _locate(f"{tmp_path}:/usr/bin:/bin") == "system 0.9.0"
+    bwrap.write_text("#!/bin/sh\necho bubblewrap 0.4.1\n")  # too old: the bundled one is used
+    assert _locate(f"{tmp_path}:/usr/bin:/bin").startswith("bundled ")

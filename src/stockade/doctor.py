@@ -82,43 +82,27 @@ def check_bwrap() -> Check:
     return Check("bubblewrap", False, f"no usable bwrap (tried: {tried})", fix)
 
 
+# sysctl, the value that blocks user namespaces, and the fix. Informational: the sandbox try
+# below is what decides; these say *why* it failed.
+SYSCTLS = (
+    ("kernel.unprivileged_userns_clone", "0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("user.max_user_namespaces", "0", "sudo sysctl -w user.max_user_namespaces=15000"),
+    (
+        "kernel.apparmor_restrict_unprivileged_userns",
+        "1",
+        "allow bwrap an unprivileged user namespace with an AppArmor profile "
+        "(e.g. /etc/apparmor.d/bwrap with `userns,`), or\n"
+        "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+    ),
+)
+
+
 def check_sysctls() -> list[Check]:
     checks = []
-    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
-    if clone is not None:
-        checks.append(
-            Check(
-                "kernel.unprivileged_userns_clone",
-                clone != "0",
-                clone,
-                "sudo sysctl -w kernel.unprivileged_userns_clone=1",
-                required=False,
-            )
-        )
-    max_ns = _read("/proc/sys/user/max_user_namespaces")
-    if max_ns is not None:
-        checks.append(
-            Check(
-                "user.max_user_namespaces",
-                max_ns != "0",
-                max_ns,
-                "sudo sysctl -w user.max_user_namespaces=15000",
-                required=False,
-            )
-        )
-    apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
-    if apparmor is not None:
-        checks.append(
-            Check(
-                "kernel.apparmor_restrict_unprivileged_userns",
-                apparmor == "0",
-                apparmor,
-                "allow bwrap an unprivileged user namespace with an AppArmor profile "
-                "(e.g. /etc/apparmor.d/bwrap with `userns,`), or\n"
-                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
-                required=False,
-            )
-        )
+    for name, blocking, fix in SYSCTLS:
+        value = _read("/proc/sys/" + name.replace(".", "/"))
+        if value is not None:
+            checks.append(Check(name, value != blocking, value, fix, required=False))
     return checks
 
 

@@ -301,7 +301,7 @@ def test_filter_starts_with_the_arch_check() -> None:
 
 
 def test_unknown_architecture_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr(seccomp, "machine_name", lambda: "riscv64")
     with pytest.raises(RuntimeError, match="riscv64"):
         build_filter.__wrapped__(network=False)
 
@@ -328,7 +328,7 @@ def run_bpf(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
 
 @pytest.mark.parametrize("machine", sorted(seccomp.ARCHES))
 def test_rule_table(machine: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(seccomp.platform, "machine", lambda: machine)
+    monkeypatch.setattr(seccomp, "machine_name", lambda: machine)
     offline = build_filter.__wrapped__(network=False)
     online = build_filter.__wrapped__(network=True)
     arch, table = seccomp.ARCHES[machine]

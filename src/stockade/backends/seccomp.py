@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
-import platform
+import os
 import struct
 
 # BPF opcodes (linux/filter.h)
@@ -81,7 +81,7 @@ COMMON = dict(
 )  # fmt: skip
 
 ARCHES: dict[str, tuple[int, dict[str, int]]] = {
-    # platform.machine(): (AUDIT_ARCH, arch-specific syscall numbers)
+    # machine(): (AUDIT_ARCH, arch-specific syscall numbers)
     "x86_64": (AUDIT_ARCH_X86_64, dict(
         ptrace=101, process_vm_readv=310, process_vm_writev=311, keyctl=250, add_key=248,
         request_key=249, bpf=321, perf_event_open=298, userfaultfd=323, kexec_load=246,
@@ -135,11 +135,16 @@ class Program:
         return bytes(out)
 
 
+def machine_name() -> str:
+    """uname's machine field (platform.machine() would cost an import on every CLI start)."""
+    return os.uname().machine
+
+
 @functools.cache
 def build_filter(*, network: bool) -> bytes:
     """Classic-BPF seccomp program (array of struct sock_filter, 8 bytes each, native endian) in
     the format `bwrap --seccomp FD` reads. `network` False also limits the socket families."""
-    machine = platform.machine()
+    machine = machine_name()
     if machine not in ARCHES:
         raise RuntimeError(f"no seccomp filter for architecture {machine!r}; refusing to run unfiltered")
     audit_arch, table = ARCHES[machine]

@@ -333,3 +333,43 @@ def test_placeholders_shared_by_concurrent_runs_and_swept_after_sigkill(who: Who
     time.sleep(0.5)  # ...until its sandbox is gone and the next run sweeps it
     assert who.sandbox("true", repo).returncode == 0
     assert not (repo / ".agents").exists() and not (repo / ".git" / "commondir").exists()
+
+
+def test_home_credentials_are_hidden_by_default_and_overridable(who: Who, workspace: Path) -> None:
+    home = Path(who.home)
+    made: list[Path] = []
+    for d in (home / ".ssh", home / ".aws"):
+        if not d.exists():
+            d.mkdir(mode=0o700)
+            os.chown(d, who.uid, who.gid)
+            made.append(d)
+    key, hosts, creds = (
+        home / ".ssh" / "id_stockade_test",
+        home / ".ssh" / "known_hosts",
+        home / ".aws" / "credentials",
+    )
+    probes = [p for p in (key, hosts, creds) if not p.exists()]
+    for path, text in ((key, "PRIVATE KEY"), (hosts, "github.com ssh-ed25519 AAAA"), (creds, "aws_secret")):
+        if path in probes:
+            path.write_text(text)
+            os.chown(path, who.uid, who.gid)
+    try:
+        done = who.sandbox(
+            f"cat {key}; echo rc=$?; cat {creds}; echo rc=$?; ls {home}/.ssh; echo rc=$?; "
+            f"cat {hosts} >/dev/null && echo hosts-ok",
+            workspace,
+        )
+        assert "PRIVATE KEY" not in done.stdout and "aws_secret" not in done.stdout
+        assert failed(done, 3, then=["hosts-ok"]), done.stdout + done.stderr
+        assert who.run(["cat", str(key)], workspace).stdout == "PRIVATE KEY"  # readable outside
+        config = workspace / "aws.toml"
+        config.write_text(
+            '[profiles.aws]\nextends = "workspace"\n[profiles.aws.filesystem]\n"~/.aws" = "read"\n'
+        )
+        done = who.sandbox(f"cat {creds}", workspace, "--config", str(config), "--profile", "aws")
+        assert "aws_secret" in done.stdout, done.stderr
+    finally:
+        for path in probes:
+            path.unlink()
+        for d in made:
+            d.rmdir()

@@ -85,7 +85,7 @@ def test_symlink_alias_is_resolved_to_its_target(tmp: Path) -> None:
     (tmp / "secret").write_text("s")
     os.symlink(tmp / "secret", tmp / "repo" / "alias")
     plan = plan_for(tmp, deny=[str(tmp / "repo" / "alias")])
-    rule = next(r for r in plan.rules if r.access == "deny")
+    rule = next(r for r in plan.rules if r.access == "deny" and r.reason.startswith("--deny"))
     assert rule.path == str(tmp / "secret")
     assert rule.lexical == str(tmp / "repo" / "alias")
 
@@ -238,7 +238,7 @@ def test_deny_glob_expands_to_matches(tmp: Path) -> None:
     (tmp / "repo" / "a" / ".env").write_text("X=1")
     (tmp / "repo" / ".env.local").write_text("X=1")
     plan = plan_for(tmp, deny=[str(tmp / "repo") + "/**/.env*"])
-    denied = {r.path for r in plan.rules if r.access == "deny"}
+    denied = {r.path for r in plan.rules if r.access == "deny" and r.reason.startswith("--deny")}
     assert denied == {str(tmp / "repo/a/.env"), str(tmp / "repo/.env.local")}
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 from . import globs
 from .environ import sandbox_env
 from .errors import ConfigError
+from .policy.builtin import BUILTIN_FILE
 from .policy.model import WORKSPACE_ROOTS, Access, FsRule, Profile
 from .protect import Protected, protected_in
 
@@ -131,7 +132,8 @@ class _Builder:
         home = self.ctx.home
         if rule.anchor is None:
             path = home + rule.path[1:] if rule.path.startswith("~") else rule.path
-            return self._maybe_glob(path, rule)
+            # Built-in entries name paths a host may not have (~/.aws): optional, never an error.
+            return [(p, req and not _builtin(rule.source)) for p, req in self._maybe_glob(path, rule)]
         if rule.anchor == WORKSPACE_ROOTS:
             out: list[tuple[str, bool]] = []
             for root in self.roots:
@@ -177,7 +179,8 @@ class _Builder:
                     "profile to skip missing paths)",
                     key=reason,
                 )
-            self.notes.append(f"{reason}: {lexical} does not exist, skipped")
+            if not _builtin(reason):
+                self.notes.append(f"{reason}: {lexical} does not exist, skipped")
             return
         current = self.entries.get(canonical)
         if current is None or RANK[access] > RANK[current.access]:
@@ -230,7 +233,12 @@ class _Builder:
                     self.entries[path] = PathRule(path, "deny", "dir", rule.reason, rule.lexical)
                 else:
                     del self.entries[path]
-                    self.notes.append(f"{rule.reason}: {path} does not exist and cannot be created")
+                    if not _builtin(rule.reason):
+                        self.notes.append(f"{rule.reason}: {path} does not exist and cannot be created")
+
+
+def _builtin(source: str) -> bool:
+    return source.startswith(BUILTIN_FILE)
 
 
 def _roots(ctx: Context) -> tuple[str, ...]:

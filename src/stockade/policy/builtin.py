@@ -10,6 +10,26 @@ from typing import Any
 
 BUILTIN_FILE = "<built-in profiles>"
 
+# Credentials in the home directory, hidden from the `workspace` profile (overridable by key).
+# git over ssh still needs known_hosts and config, so the more specific entries reopen them.
+# (Issue 3 extends this: `:home`, SSH-config key files, `**/.env` globs.)
+SECRET_HOME_PATHS: dict[str, str] = {
+    "~/.ssh": "deny",
+    "~/.ssh/known_hosts": "read",
+    "~/.ssh/config": "read",
+    "~/.gnupg": "deny",
+    "~/.aws": "deny",
+    "~/.azure": "deny",
+    "~/.config/gcloud": "deny",
+    "~/.config/gh": "deny",
+    "~/.docker/config.json": "deny",
+    "~/.kube": "deny",
+    "~/.netrc": "deny",
+    "~/.pypirc": "deny",
+    "~/.npmrc": "deny",
+    "~/.git-credentials": "deny",
+}
+
 BUILTIN: dict[str, dict[str, Any]] = {
     "read-only": {
         "description": "Read the whole filesystem, write nothing (a private /tmp), network off.",
@@ -27,6 +47,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
             ":workspace_roots": "write",
             ":tmpdir": "write",
             ":slash_tmp": "write",
+            **SECRET_HOME_PATHS,
         },
         "network": {"mode": "off"},
         "git": "protect",

@@ -38,7 +38,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
     "workspace": {
         "description": (
-            "Read everything, write the workspace roots, $TMPDIR and /tmp; "
+            "Read everything but home credentials, write the workspace roots, $TMPDIR and /tmp; "
             "protected metadata (.git config and hooks, .stockade, ...) stays read-only; "
             "network off."
         ),

@@ -92,6 +92,7 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
     upper = name.upper()
     for shape, core, pattern in _compiled(patterns):

@@ -90,7 +90,7 @@ def _try_lock(fd: int, how: int) -> bool:
 
 
 def _create(item: Placeholder, journal: IO[str]) -> None:
-    """Create the placeholder (and missing parents), journaling each path before it exists."""
+    """Create the placeholder (and missing parents), journaling every path before it exists."""
     parent = os.path.dirname(item.path)
     missing = []
     while not os.path.lexists(parent):
@@ -99,9 +99,10 @@ def _create(item: Placeholder, journal: IO[str]) -> None:
     if os.path.realpath(parent) != parent:
         # A symlink planted in the tree must not make us create files somewhere else.
         raise OSError(errno.ELOOP, "a parent directory is a symlink", parent)
-    for kind, path in [*(("dir", d) for d in reversed(missing)), (item.kind, item.path)]:
-        journal.write(f"{kind}\t{path}\n")
-        journal.flush()
+    steps = [*(("dir", d) for d in reversed(missing)), (item.kind, item.path)]
+    journal.write("".join(f"{kind}\t{path}\n" for kind, path in steps))
+    journal.flush()
+    for kind, path in steps:
         content = CONTENT[kind]
         if content is None:
             os.mkdir(path, 0o755)

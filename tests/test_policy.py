@@ -280,3 +280,12 @@ def test_project_config_cannot_turn_the_sandbox_off(tmp: Path) -> None:
         plan_for(tmp)
     assert ".stockade/config.toml" in str(err.value)
     assert plan_for(tmp, profile="full-access").unconfined  # the user may, explicitly
+
+
+def test_deleted_cwd_is_a_clear_error(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m stockade run -- true'
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "current directory no longer exists" in done.stderr and "Traceback" not in done.stderr

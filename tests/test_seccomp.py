@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -41,8 +42,7 @@ def sock(*args):
 def sandbox(code: str, mode: str = OFFLINE, *, caps: bool = False) -> object:
     """Run `code` (after PRELUDE) in bwrap; it prints one JSON value, which is returned."""
     bwrap = find_bwrap()
-    if bwrap is None:
-        pytest.skip("no usable bwrap")
+    assert bwrap is not None, "no usable bwrap: the seccomp filter cannot be tested (run stockade doctor)"
     if caps and os.geteuid() != 0:
         pytest.skip("--cap-add needs root")
     args = [bwrap.path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -364,3 +364,18 @@ def test_rule_table(machine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_bpf(online, nr["socket"], arch, (AF_PACKET,)) == allow
     if machine == "x86_64":
         assert run_bpf(offline, 0x40000000 | 1, arch) == eperm  # x32 write
+
+
+def test_backend_refuses_to_launch_without_a_filter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No filter for this architecture: the launch is refused (fail closed), never run unfiltered."""
+    import stockade
+    from stockade.backends.bwrap import BwrapBackend
+
+    plan = stockade.explain(cwd=str(tmp_path))
+    monkeypatch.setattr(seccomp, "machine_name", lambda: "riscv64")
+    seccomp.build_filter.cache_clear()
+    try:
+        with pytest.raises(stockade.UnsupportedPolicy, match="riscv64"):
+            BwrapBackend().launch(plan, ["true"])
+    finally:
+        seccomp.build_filter.cache_clear()

@@ -44,7 +44,10 @@ class Context:
         env: Mapping[str, str] | None = None,
     ) -> Context:
         env = dict(os.environ if env is None else env)
-        cwd = os.path.abspath(cwd or os.getcwd())
+        try:
+            cwd = os.path.abspath(cwd or os.getcwd())
+        except FileNotFoundError:
+            raise ConfigError("the current directory no longer exists", key="cwd") from None
         home = env.get("HOME") or os.path.expanduser("~")
         return cls(
             cwd=cwd,
@@ -95,7 +98,7 @@ class Plan:
     def access(self, path: str) -> Access | None:
         """Effective access of a canonical path; None when it is not visible."""
         by_path = {r.path: r.access for r in self.rules}
-        return _effective(by_path, path)
+        return nearest_access(by_path, path)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -103,7 +106,8 @@ class Plan:
         return data
 
 
-def _effective(by_path: Mapping[str, str], path: str) -> Access | None:
+def nearest_access(by_path: Mapping[str, str], path: str) -> Access | None:
+    """Access of the nearest entry at or above `path`; None when no entry covers it."""
     while True:
         if path in by_path:
             return by_path[path]  # type: ignore[return-value]

@@ -10,7 +10,7 @@ import os
 import re
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
-from ..plan import PathRule, Plan
+from ..plan import PathRule, Plan, nearest_access
 from ..state import empty_file, state_dir
 from . import hostsockets, seccomp
 from .base import LaunchSpec
@@ -66,18 +66,22 @@ class BwrapBackend:
         for path in sorted(by_path):
             if path == "/":
                 continue
-            parent = _nearest(effective, os.path.dirname(path))
+            parent = nearest_access(effective, os.path.dirname(path))
             effective[path] = by_path[path].access
             args += self._op(by_path[path], parent, by_path, remount)
         for rule in plan.rules:
             # A symlink the rule was named by (/bin -> usr/bin on merged-/usr systems) must exist
             # where nothing else makes it visible, or the path would vanish inside.
             lexical = rule.lexical
-            if lexical != rule.path and os.path.islink(lexical) and _nearest(effective, lexical) is None:
+            if (
+                lexical != rule.path
+                and os.path.islink(lexical)
+                and nearest_access(effective, lexical) is None
+            ):
                 args += ["--symlink", os.readlink(lexical), lexical]
                 effective[lexical] = rule.access
         for sock in sorted(hostsockets.bound_paths()):
-            if _nearest(effective, sock) in ("read", "write"):
+            if nearest_access(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]
         for path in remount:
             args += ["--remount-ro", path]
@@ -121,8 +125,12 @@ class BwrapBackend:
 
     def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
         self.check(plan)
+        try:
+            bpf = seccomp.build_filter(network=plan.network == "on")
+        except RuntimeError as exc:  # an architecture we have no filter for: refuse, never run unfiltered
+            raise UnsupportedPolicy(str(exc)) from None
         filter_r, filter_w = os.pipe()
-        os.write(filter_w, seccomp.build_filter(network=plan.network == "on"))
+        os.write(filter_w, bpf)
         os.close(filter_w)
         status_r, status_w = os.pipe()
         args = [self.binary.path, *NAMESPACES]
@@ -164,12 +172,3 @@ class BwrapBackend:
         spec.status_fd = None
         found = EXIT_CODE.search(b"".join(chunks))
         return int(found.group(1)) if found else None
-
-
-def _nearest(effective: dict[str, str], path: str) -> str | None:
-    while True:
-        if path in effective:
-            return effective[path]
-        if path == "/":
-            return None
-        path = os.path.dirname(path)

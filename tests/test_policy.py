@@ -197,8 +197,11 @@ BAD_CONFIGS = [
     ('[profiles.p]\ngit = "protected"\n', "profiles.p.git", "did you mean 'protect'"),
     ('[profiles.p]\nextends = "workspce"\n', "profiles.p.extends", "did you mean 'workspace'"),
     ('[profiles.p]\nextends = "q"\n[profiles.q]\nextends = "p"\n', "extends", "cycle"),
-    ('[profiles.p.filesystem]\n"/x/*" = "read"\n', "'/x/*'", "globs are supported for deny entries only"),
-    ('[profiles.p.filesystem]\n":home" = "read"\n', "':home'", "not yet supported"),
+    ('[profiles.p.filesystem]\n"/x/*" = "write"\n', "'/x/*'", "never grant write"),
+    ('[profiles.p.filesystem]\n":ssh_keys" = "write"\n', "':ssh_keys'", '"deny" or "read"'),
+    ('[profiles.p.filesystem]\n":hom" = "read"\n', "':hom'", "did you mean ':home'"),
+    ('[profiles.p.filesystem]\n"**/.env" = "deny"\n', "'**/.env'", "glob_scan_max_depth = N"),
+    ('[profiles.p.filesystem]\n"/*/**/.env" = "deny"\n', "'/*/**/.env'", "whole filesystem"),
     ('[profiles.p.filesystem]\n"../up" = "read"\n', "'../up'", "stay inside the root"),
     ('profle = "p"\n', "profle", "did you mean 'profile'"),
     ("[profiles.p\n", "extra.toml", "invalid TOML"),
@@ -235,11 +238,11 @@ def test_root_anchored_double_star_is_refused(tmp: Path) -> None:
 
 def test_deny_glob_expands_to_matches(tmp: Path) -> None:
     (tmp / "repo" / "a").mkdir()
-    (tmp / "repo" / "a" / ".env").write_text("X=1")
-    (tmp / "repo" / ".env.local").write_text("X=1")
-    plan = plan_for(tmp, deny=[str(tmp / "repo") + "/**/.env*"])
+    (tmp / "repo" / "a" / "x.secret").write_text("X=1")
+    (tmp / "repo" / "y.secret").write_text("X=1")
+    plan = plan_for(tmp, deny=[str(tmp / "repo") + "/**/*.secret"])
     denied = {r.path for r in plan.rules if r.access == "deny" and r.reason.startswith("--deny")}
-    assert denied == {str(tmp / "repo/a/.env"), str(tmp / "repo/.env.local")}
+    assert denied == {str(tmp / "repo/a/x.secret"), str(tmp / "repo/y.secret")}
 
 
 CLI_BAD = [

@@ -10,14 +10,15 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from . import globs
+from . import globs, home
 from .environ import sandbox_env
 from .errors import ConfigError
 from .policy.builtin import BUILTIN_FILE
 from .policy.model import WORKSPACE_ROOTS, Access, FsRule, Profile
 from .protect import Protected, protected_in
+from .sshconfig import SshPath, ssh_config_paths
 
 Kind = Literal["dir", "file", "missing", "scratch"]
 RANK: dict[str, int] = {"read": 0, "write": 1, "deny": 2}  # equal specificity: deny > write > read
@@ -71,6 +72,7 @@ class PathRule:
     reason: str  # the rule that put it here, for explain
     lexical: str  # the path as the rule named it (differs when symlinks are involved)
     pinned: bool = False  # must be its own mount point (so it cannot be renamed or deleted)
+    glob: bool = False  # put here by a glob match (an exact entry at the same path beats it)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,23 @@ def _kind(path: str) -> Kind:
     return "file" if os.path.exists(path) else "missing"
 
 
+class Item(NamedTuple):
+    """One concrete path (or absolute glob) a rule names; `reason` overrides the rule's source."""
+
+    path: str
+    required: bool = True  # a missing path is an error (unless the profile skips missing ones)
+    reason: str | None = None
+
+
+def _user_name(ctx: Context) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(ctx.uid).pw_name
+    except KeyError:
+        return ctx.env.get("USER", "")
+
+
 class _Builder:
     def __init__(self, profile: Profile, ctx: Context, roots: tuple[str, ...]) -> None:
         self.profile = profile
@@ -130,50 +149,60 @@ class _Builder:
         self.entries: dict[str, PathRule] = {}
         self.placeholders: list[Placeholder] = []
         self.notes: list[str] = []
+        self.home_grants: set[str] = set()  # canonical paths a `:home` grant expanded to
+        self._ssh: tuple[SshPath, ...] | None = None
 
-    def expand(self, rule: FsRule) -> list[tuple[str, bool]]:
-        """Concrete lexical paths for one rule, each with `required` (missing is an error)."""
+    def paths(self, rule: FsRule) -> list[Item]:
+        """Concrete lexical paths (or absolute globs) for one rule."""
         home = self.ctx.home
         if rule.anchor is None:
             path = home + rule.path[1:] if rule.path.startswith("~") else rule.path
+            if rule.access != "deny" and os.path.normpath(path) in (home, os.path.realpath(home)):
+                return self._home(rule)
             # Built-in entries name paths a host may not have (~/.aws): optional, never an error.
-            return [(p, req and not _builtin(rule.source)) for p, req in self._maybe_glob(path, rule)]
+            return [Item(path, not _builtin(rule.source))]
         if rule.anchor == WORKSPACE_ROOTS:
-            out: list[tuple[str, bool]] = []
-            for root in self.roots:
-                path = root if rule.path == "." else os.path.join(root, rule.path)
-                out += self._maybe_glob(path, rule)
-            return out
+            if rule.path == ".":
+                return [Item(root) for root in self.roots]
+            return [Item(os.path.join(root, rule.path)) for root in self.roots]
         if rule.anchor == ":root":
-            return [("/", True)]
+            return [Item("/")]
         if rule.anchor == ":minimal":
             prefixes = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
-            return [(p, False) for p in (*MINIMAL, *sorted(prefixes))]
+            return [Item(p, False) for p in (*MINIMAL, *sorted(prefixes))]
         if rule.anchor == ":tmpdir":
             if not self.ctx.tmpdir:
                 self.notes.append(f"{rule.source}: TMPDIR is not set, nothing to grant")
                 return []
-            return [(self.ctx.tmpdir, False)]
+            return [Item(self.ctx.tmpdir, False)]
         if rule.anchor == ":slash_tmp":
-            return [("/tmp", False)]
+            return [Item("/tmp", False)]
+        if rule.anchor == ":home":
+            return self._home(rule) if rule.access != "deny" else [Item(home)]
+        if rule.anchor == ":ssh_keys":
+            return [
+                Item(p.path, False, f"{rule.source} ({p.keyword} at {p.origin})")
+                for p in self.ssh_paths()
+                if p.secret
+            ]
         raise ConfigError(f"special path {rule.anchor} is not supported here", key=rule.source)
 
-    def _maybe_glob(self, path: str, rule: FsRule) -> list[tuple[str, bool]]:
-        if not globs.has_magic(path):
-            return [(os.path.normpath(path), True)]
-        base, rest = globs.split(path)
-        if base == "/" and "**" in rest:
-            raise ConfigError(
-                f"{path!r} would walk the whole filesystem; anchor the ** under a directory "
-                "(e.g. under :workspace_roots or ~/...)",
-                key=rule.source,
+    def ssh_paths(self) -> tuple[SshPath, ...]:
+        if self._ssh is None:
+            self._ssh, notes = ssh_config_paths(
+                self.ctx.home, self.ctx.env, user=_user_name(self.ctx), uid=self.ctx.uid
             )
-        matches = globs.expand(path, self.profile.glob_scan_max_depth)
-        if not matches:
-            self.notes.append(f"{rule.source}: glob matched nothing now")
-        return [(m, False) for m in matches]
+            self.notes += notes
+        return self._ssh
 
-    def add(self, lexical: str, access: Access, reason: str, required: bool) -> None:
+    def _home(self, rule: FsRule) -> list[Item]:
+        sensitive = home.sensitive_paths(self.ctx.home, (p.path for p in self.ssh_paths()))
+        grants, notes = home.home_grants(self.ctx.home, sensitive)
+        self.notes += [f"{rule.source}: {n}" for n in notes]
+        self.home_grants.update(os.path.realpath(g) for g in grants)
+        return [Item(g, False, f"{rule.source} (a child of home)") for g in grants]
+
+    def add(self, lexical: str, access: Access, reason: str, required: bool, glob: bool = False) -> None:
         canonical = os.path.realpath(lexical)
         kind = _kind(canonical)
         if kind == "missing" and access != "deny":
@@ -187,8 +216,9 @@ class _Builder:
                 self.notes.append(f"{reason}: {lexical} does not exist, skipped")
             return
         current = self.entries.get(canonical)
-        if current is None or RANK[access] > RANK[current.access]:
-            self.entries[canonical] = PathRule(canonical, access, kind, reason, lexical)
+        # At one path an exact entry beats a glob match; then deny > write > read.
+        if current is None or (not glob, RANK[access]) > (not current.glob, RANK[current.access]):
+            self.entries[canonical] = PathRule(canonical, access, kind, reason, lexical, glob=glob)
 
     def effective(self, path: str) -> Access | None:
         while True:
@@ -199,13 +229,17 @@ class _Builder:
                 return None
             path = os.path.dirname(path)
 
-    def protect(self, tmp_dirs: set[str]) -> None:
-        """Apply protected metadata in every writable directory. It only ever narrows access."""
+    def protect(self, no_placeholders: set[str]) -> None:
+        """Apply protected metadata in every writable directory. It only ever narrows access.
+
+        Missing protected names are created only where a project lives (roots and directories
+        the user named), never in tmp or in the children a `:home` grant expanded to.
+        """
         writable = sorted(p for p, r in self.entries.items() if r.access == "write" and r.kind == "dir")
         found: list[Protected] = []
         for root in writable:
             for item in protected_in(root, self.profile.git):
-                if item.placeholder and root in tmp_dirs and not os.path.lexists(item.path):
+                if item.placeholder and root in no_placeholders and not os.path.lexists(item.path):
                     continue  # nothing to guard in a scratch dir that is not a workspace
                 found.append(item)
         read_only: list[str] = []
@@ -233,6 +267,20 @@ class _Builder:
                     del self.entries[p]
                     self.notes.append(f"{r.reason}: {p} stays read-only (inside protected {ro})")
 
+    def protect_policy(self, paths: list[str]) -> None:
+        """stockade's own config stays read-only: a command must not rewrite the next one's policy."""
+        for path in paths:
+            canonical = os.path.realpath(path)
+            if self.effective(canonical) != "write":
+                continue
+            kind = _kind(canonical)
+            if kind == "missing":
+                if self.effective(os.path.dirname(canonical)) != "write":
+                    continue
+                self.placeholders.append(Placeholder(canonical, "dir"))
+                kind = "dir"
+            self.entries[canonical] = PathRule(canonical, "read", kind, "stockade's own config", path)
+
     def missing_denies(self) -> None:
         """A denied path that does not exist but could be created inside gets a placeholder."""
         for path, rule in list(self.entries.items()):
@@ -245,6 +293,11 @@ class _Builder:
                     del self.entries[path]
                     if not _builtin(rule.reason):
                         self.notes.append(f"{rule.reason}: {path} does not exist and cannot be created")
+
+
+def _policy_files(profile: Profile, ctx: Context) -> list[str]:
+    xdg = ctx.env.get("XDG_CONFIG_HOME") or os.path.join(ctx.home, ".config")
+    return [os.path.join(xdg, "stockade"), *profile.config_files]
 
 
 def _builtin(source: str) -> bool:
@@ -298,11 +351,32 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
             ("NO SANDBOX: full-access runs the command unconfined",),
         )
     b = _Builder(profile, ctx, roots)
-    for rule in profile.filesystem:
-        for lexical, required in b.expand(rule):
-            b.add(lexical, rule.access, rule.source, required)
-    tmp_dirs = {os.path.realpath(p) for p in (ctx.tmpdir, "/tmp") if p}
-    b.protect(tmp_dirs)
+    wanted = [(rule, b.paths(rule)) for rule in profile.filesystem]
+    patterns = [item.path for _, items in wanted for item in items if globs.has_magic(item.path)]
+    # One walk per base directory for every pattern of the profile together.
+    try:
+        matches = globs.expand_all(patterns, profile.glob_scan_max_depth or 0) if patterns else {}
+    except globs.TooBroad as exc:
+        source = next(r.source for r, items in wanted for i in items if i.path == exc.pattern)
+        raise ConfigError(
+            f"{exc.pattern} lists more than {globs.MAX_WALKED_DIRS} directories before launch; lower "
+            "glob_scan_max_depth, give the pattern a longer fixed prefix, or narrow the workspace roots",
+            key=source,
+        ) from None
+    for rule, items in wanted:
+        for item in items:
+            reason = item.reason or rule.source
+            if not globs.has_magic(item.path):
+                b.add(os.path.normpath(item.path), rule.access, reason, item.required)
+                continue
+            found = matches[item.path]
+            if not found and not _builtin(reason):
+                b.notes.append(f"{reason}: {item.path} matches nothing now")
+            for path in found:
+                b.add(path, rule.access, reason, False, glob=True)
+    no_placeholders = {os.path.realpath(p) for p in (ctx.tmpdir, "/tmp") if p} | b.home_grants
+    b.protect(no_placeholders)
+    b.protect_policy(_policy_files(profile, ctx))
     b.missing_denies()
 
     tmpdir = next(

@@ -83,6 +83,10 @@ class BwrapBackend:
         for sock in sorted(hostsockets.bound_paths()):
             if nearest_access(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]
+        if root is None:
+            # No entry for / : bwrap's own tmpfs is the root, holding only the mount points.
+            # Read-only, so a write to a path under no entry fails instead of vanishing.
+            remount.append("/")
         for path in remount:
             args += ["--remount-ro", path]
         return args

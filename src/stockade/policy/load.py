@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..globs import has_magic
+from ..globs import has_magic, split
 from .builtin import BUILTIN, BUILTIN_FILE, DEFAULT_PROFILE, UNCONFINED
 from .model import (
     ACCESS_VALUES,
@@ -40,7 +40,7 @@ PROFILE_KEYS = (
 )
 NETWORK_KEYS = ("mode",)
 ENV_KEYS = ("pass", "set", "deny")
-NOT_YET = {":home": "issue 3 (safe home access)", "proxy": "the filtering proxy (issue 5)"}
+NOT_YET = {"proxy": "the filtering proxy (issue 5)"}
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]!]+$")
 
@@ -164,7 +164,10 @@ def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
                     _checked(FsRule(WORKSPACE_ROOTS, rel, access, f"{file}: {sub_key}"), file, sub_key)
                 )
             return rules
-        return [FsRule(raw_key, ".", _access(value, file, key), source)]
+        access = _access(value, file, key)
+        if raw_key == ":ssh_keys" and access == "write":
+            raise ConfigError(':ssh_keys can be "deny" or "read", not "write"', file=file, key=key)
+        return [FsRule(raw_key, ".", access, source)]
     access = _access(value, file, key)
     if raw_key.startswith("/"):
         rule = FsRule(None, os.path.normpath(raw_key), access, source)
@@ -189,14 +192,36 @@ def _relative(path: str, file: str, key: str) -> str:
 
 
 def _checked(rule: FsRule, file: str, key: str) -> FsRule:
-    if _is_glob(rule.path) and rule.access != "deny":
+    if _is_glob(rule.path) and rule.access == "write":
         raise ConfigError(
-            f"globs are supported for deny entries only (got {rule.access!r}); "
-            "list the paths to grant one by one",
+            "globs can deny or reopen for reading, never grant write (every new match would "
+            "widen the grant); list the writable paths one by one",
             file=file,
             key=key,
         )
     return rule
+
+
+def check_bounded(profile: Profile) -> None:
+    """A `**` pattern needs a depth bound; one at the filesystem root is never walked."""
+    for rule in profile.filesystem:
+        if "**" not in rule.path:
+            continue
+        file, _, key = rule.source.partition(": ")
+        if rule.anchor is None and split(rule.path)[0] == "/":
+            raise ConfigError(
+                f"{rule.path!r} would walk the whole filesystem; anchor the ** under a directory "
+                "(a relative pattern applies under every workspace root, or write ~/... or /dir/**/...)",
+                file=file if key else None,
+                key=key or file,
+            )
+        if profile.glob_scan_max_depth is None:
+            raise ConfigError(
+                f"{rule.path!r} has no depth bound: set glob_scan_max_depth = N (1 to 64) in "
+                f"[profiles.{profile.name}], or extend a built-in profile (which sets 8)",
+                file=file if key else None,
+                key=key or file,
+            )
 
 
 def _network(value: Any, file: str, key: str) -> str:
@@ -355,9 +380,12 @@ class Overrides:
 def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> list[FsRule]:
     rules = []
     for raw in paths:
-        expanded = os.path.expanduser(raw) if raw.startswith("~") else raw
-        path = os.path.normpath(os.path.join(cwd, expanded))
-        rule = FsRule(None, path, access, f"{flag} {raw}")
+        if raw == "~" or raw.startswith("~/"):
+            rule = FsRule(None, raw.rstrip("/") or "~", access, f"{flag} {raw}")  # the Plan's HOME
+        elif raw.startswith("~"):
+            raise ConfigError("only ~ and ~/... are supported, not ~user", key=f"{flag} {raw}")
+        else:
+            rule = FsRule(None, os.path.normpath(os.path.join(cwd, raw)), access, f"{flag} {raw}")
         rules.append(_checked(rule, flag, raw))
     return rules
 
@@ -429,7 +457,9 @@ def load_profile(
             file=chosen_in,
             key="profile",
         )
-    return apply_overrides(profile, overrides, cwd)
+    profile = apply_overrides(profile, overrides, cwd)
+    check_bounded(profile)
+    return replace(profile, config_files=tuple(layer.file for layer in layers))
 
 
 def list_profiles(roots: list[str], home: str, config: str | None = None) -> list[tuple[str, str, str]]:

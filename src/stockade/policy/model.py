@@ -18,6 +18,7 @@ SPECIAL_KEYS: tuple[str, ...] = (
     ":tmpdir",
     ":slash_tmp",
     ":home",
+    ":ssh_keys",
 )
 WORKSPACE_ROOTS = ":workspace_roots"
 
@@ -29,6 +30,9 @@ class FsRule:
     anchor None: `path` is absolute or starts with `~`.
     anchor ":workspace_roots": `path` is "." or a relative path or glob under every root.
     Other special anchors: `path` is "." (the special location itself).
+    `:home` (and `~` or the home path written out) expands to the home directory's children,
+    never the directory itself, minus the sensitive ones. `:ssh_keys` is every private key,
+    certificate and agent or master socket that the SSH configuration names.
     """
 
     anchor: str | None
@@ -58,9 +62,10 @@ class Profile:
     env: EnvPolicy = field(default_factory=EnvPolicy)
     git: str = "protect"
     unconfined: bool = False  # only full-access: runs without a sandbox, and is named so
-    glob_scan_max_depth: int = 8
+    glob_scan_max_depth: int | None = None  # required by any `**` pattern: walks stay bounded
     skip_missing: bool = False  # skip write/read entries whose path does not exist
     description: str = ""
+    config_files: tuple[str, ...] = ()  # the files it was read from: never writable inside
 
     def with_rules(self, rules: list[FsRule]) -> Profile:
         """Later rules for the same key replace earlier ones; order is kept otherwise."""

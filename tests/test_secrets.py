@@ -35,7 +35,10 @@ def fake_home(home: Path) -> Path:
     write(home / ".ssh/id_ed25519", "SECRET-SSH-KEY", 0o600)
     write(home / ".ssh/known_hosts", "github.com ssh-ed25519 AAAA")
     write(home / ".ssh/config", "Include conf.d/*\nHost *\n  IdentitiesOnly yes\n")
-    write(home / ".ssh/conf.d/work", 'Host work\n  IdentityFile "~/.keys/deploy key"\n')
+    write(
+        home / ".ssh/conf.d/work",
+        'Host work\n  IdentityFile "~/.keys/deploy key"\n  ControlPath /dev/shm/stockade-test-cm-%C\n',
+    )
     write(home / ".keys/deploy key", "SECRET-INCLUDED-KEY", 0o600)
     write(home / ".keys/README", "public notes")
     write(home / ".config/gh/hosts.yml", "SECRET-GH-TOKEN")
@@ -177,13 +180,18 @@ def test_secrets_are_unreadable_through_their_paths_and_aliases(who: Who, worksp
     ]
     for i, target in enumerate(secrets):
         (workspace / f"alias{i}").symlink_to(target)
+    master = write(Path(f"/dev/shm/stockade-test-cm-{who.name}"), "SECRET-MASTER-SOCKET")
     who.own(home)
     who.own(workspace)
     attempts = [*(f'cat "{s}"' for s in secrets), *(f"cat alias{i}" for i in range(len(secrets)))]
+    attempts.append(f"cat {master}")  # a denied glob inside the sandbox's fresh /dev: not there
     attempts += [f'ln "{home}/.keys/deploy key" hard', "ls ~/.ssh", "cat ~/.config/gh/hosts.yml"]
     script = "".join(f"{a}; echo rc=$?; " for a in attempts)
     script += "cat a/ok.txt; echo; cat ~/.ssh/known_hosts ~/.ssh/config >/dev/null && echo ssh-ok"
-    done = who.sandbox(script, workspace, env={"HOME": str(home)})
+    try:
+        done = who.sandbox(script, workspace, env={"HOME": str(home)})
+    finally:
+        master.unlink()
     assert "SECRET" not in done.stdout, done.stdout
     assert failed(done, len(attempts), then=["fine", "ssh-ok"]), done.stdout + done.stderr
     assert who.run(["cat", str(home / ".keys/deploy key")], workspace).stdout == "SECRET-INCLUDED-KEY"

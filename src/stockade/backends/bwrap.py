@@ -42,6 +42,8 @@ class BwrapBackend:
 
     def check(self, plan: Plan) -> None:
         for rule in plan.rules:
+            if rule.access == "deny":
+                continue  # inside a fresh /dev or /proc the host's file is not there anyway
             for top in FRESH:
                 if rule.path != "/" and _under(rule.path, top):
                     raise UnsupportedPolicy(
@@ -64,7 +66,7 @@ class BwrapBackend:
             by_path.setdefault(rule.path, rule)
         effective: dict[str, str] = {"/": root.access} if root else {}
         for path in sorted(by_path):
-            if path == "/":
+            if path == "/" or any(_under(path, top) for top in FRESH):
                 continue
             parent = nearest_access(effective, os.path.dirname(path))
             effective[path] = by_path[path].access

@@ -106,6 +106,7 @@ def test_home_grant_is_its_children_minus_the_sensitive_ones(tmp: Path) -> None:
         assert p.access(str(home / hidden)) is None, hidden
     assert p.access(str(home / ".keys/README")) == "write"  # the key's siblings are granted
     assert str(home / "link-to-ssh") not in {r.lexical for r in p.rules}
+    assert any("not granted (sensitive): " in n and ".config/gh" in n and "link-to-ssh" in n for n in p.notes)
     # `~` written out, and --writable ~, mean the same.
     for kw in ({"writable": ["~"]}, {"writable": [str(home)]}):
         q = plan(tmp / "repo", home, profile="read-only", **kw)

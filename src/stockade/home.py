@@ -39,8 +39,12 @@ def home_grants(home: str, sensitive: set[str]) -> tuple[list[str], list[str]]:
     """(paths that together grant home minus `sensitive`, notes). Fails closed on errors."""
     grants: list[str] = []
     notes: list[str] = []
-    if not _expand(home, sensitive, grants, notes, top=True):
+    withheld: list[str] = []
+    if not _expand(home, sensitive, grants, notes, withheld, top=True):
         return [], notes
+    if withheld:
+        names = ", ".join(os.path.relpath(p, home) for p in withheld)
+        notes.append(f"not granted (sensitive): {names}")
     return grants, notes
 
 
@@ -51,7 +55,9 @@ def _covers(path: str, sensitive: set[str]) -> tuple[bool, bool]:
     return inside, holds
 
 
-def _expand(directory: str, sensitive: set[str], grants: list[str], notes: list[str], top: bool) -> bool:
+def _expand(
+    directory: str, sensitive: set[str], grants: list[str], notes: list[str], withheld: list[str], top: bool
+) -> bool:
     try:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -67,10 +73,11 @@ def _expand(directory: str, sensitive: set[str], grants: list[str], notes: list[
             t_inside, t_holds = _covers(target, sensitive)
             inside, holds = inside or t_inside or t_holds, holds
         if inside:
+            withheld.append(entry.path)
             continue
         if holds:
             if entry.is_dir(follow_symlinks=False):
-                _expand(entry.path, sensitive, grants, notes, top=False)
+                _expand(entry.path, sensitive, grants, notes, withheld, top=False)
             continue
         grants.append(entry.path)
     return True

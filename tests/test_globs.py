@@ -182,3 +182,58 @@ def test_leaf_directories_are_read_without_typing_each_entry(tmp_path: Path) -> 
                 for d in dirs:
                     os.rmdir(os.path.join(root, d))
             os.rmdir(base)
+
+
+def test_a_new_process_reuses_the_saved_cache_and_still_sees_changes(
+    tmp_path: Path, listed: Counter[str]
+) -> None:
+    from stockade.globcache import DiskStore
+
+    state = tmp_path / "state"
+    state.mkdir()
+    base = tree(tmp_path / "repo", [f"d{i}/e{j}/f.txt" for i in range(3) for j in range(3)] + ["d1/e2/.env"])
+    pattern = str(base / "**/.env")
+    settle()
+    first = globs.expand_all([pattern], 8, DiskStore(str(state)))[pattern]
+    assert first == [str(base / "d1/e2/.env")] and listed
+    assert len(list(state.glob("globs-*.cache"))) == 1
+    globs._cache.clear()  # as if this were a new process
+    listed.clear()
+    assert globs.expand_all([pattern], 8, DiskStore(str(state)))[pattern] == first
+    assert not set(listed) - {str(state)}  # nothing re-read: each directory revalidated by its stat
+    (base / "d0/e0/.env").write_text("new")
+    globs._cache.clear()
+    found = globs.expand_all([pattern], 8, DiskStore(str(state)))[pattern]
+    assert found == sorted([*first, str(base / "d0/e0/.env")])
+    assert set(listed) - {str(state)} == {str(base / "d0/e0")}  # (the store lists its own files)
+
+
+def test_a_damaged_or_foreign_cache_file_is_ignored(tmp_path: Path) -> None:
+    from stockade.globcache import DiskStore
+
+    state = tmp_path / "state"
+    state.mkdir()
+    base = tree(tmp_path / "repo", ["a/.env"])
+    pattern = str(base / "**/.env")
+    store = DiskStore(str(state))
+    store.save(str(base))  # an empty save, then damage it
+    for damage in (b"", b"\x00garbage", b"\xff" * 64):
+        (next(state.glob("globs-*.cache"))).write_bytes(damage)
+        globs._cache.clear()
+        assert globs.expand_all([pattern], 8, DiskStore(str(state)))[pattern] == [str(base / "a/.env")]
+
+
+def test_the_store_keeps_only_the_most_recently_used_bases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stockade import globcache
+
+    monkeypatch.setattr(globcache, "MAX_FILES", 2)
+    monkeypatch.setattr(globs, "RACY_NS", 0)
+    state = tmp_path / "state"
+    state.mkdir()
+    for i in range(4):
+        base = tree(tmp_path / f"repo{i}", ["a/f"])
+        settle()
+        globs.expand_all([str(base / "**/.env")], 8, globcache.DiskStore(str(state)))
+    assert len(list(state.glob("globs-*.cache"))) == 2

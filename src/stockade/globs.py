@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 STARSTAR = "**"
 RACY_NS = 2_000_000_000
@@ -71,6 +72,7 @@ class _Pattern:
 
 _patterns: list[_Pattern] = []
 _raw: list[tuple[str, ...]] = []  # each pattern's components as written (after `**` folding)
+_keys: list[tuple[tuple[str, ...], int]] = []  # what each pattern was interned from
 _pattern_ids: dict[tuple[tuple[str, ...], int], int] = {}
 
 
@@ -94,6 +96,7 @@ def _intern(parts: tuple[str, ...], limit: int) -> int:
         pid = _pattern_ids[key] = len(_patterns)
         _patterns.append(_Pattern(tuple(segments), limit))
         _raw.append(tuple(raw))
+        _keys.append(key)
     return pid
 
 
@@ -191,10 +194,11 @@ def _verdict(states: frozenset[State], depth: int) -> tuple[tuple[int, ...], boo
 
 
 Matches = list[tuple[str, tuple[int, ...]]]  # (path, ids of the patterns it matches)
-Subdirs = list[tuple[str, frozenset[State]]]  # (directory to enter, its state set)
+Subdirs = list[tuple[str, frozenset[State], int]]  # (directory to enter, its state set, depth)
 # directory -> (stat stamp, state set, depth, matches, subdirs): what it contributed, valid
 # while the directory's stat is unchanged.
 _cache: dict[str, tuple[tuple[int, int, int, int], frozenset[State], int, Matches, Subdirs]] = {}
+_changed: list[str] = []  # directories the current walk (re)cached: the Store saves only then
 
 
 def _scan_leaf(directory: str, step: _Step, depth: int, matches: Matches) -> None:
@@ -225,7 +229,7 @@ def _scan(
                 nxt = literal.get(name)
                 if nxt is None:
                     if star_alive and entry.is_dir(follow_symlinks=False):
-                        subdirs.append((entry.path, star))
+                        subdirs.append((entry.path, star, depth + 1))
                     if star_matched:
                         matches.append((entry.path, star_matched))
                     continue
@@ -235,7 +239,7 @@ def _scan(
             if matched:
                 matches.append((entry.path, matched))
             if alive and entry.is_dir(follow_symlinks=False):
-                subdirs.append((entry.path, nxt))
+                subdirs.append((entry.path, nxt, depth + 1))
 
 
 # A directory's link count is 2 + its subdirectories on these filesystems (2 means a leaf);
@@ -263,7 +267,14 @@ def _nlink_counts_subdirs(dev: int) -> bool:
     return known
 
 
-def expand_all(patterns: Iterable[str], max_depth: int) -> dict[str, list[str]]:
+class Store(Protocol):
+    """Keeps the cache of one walk base between processes (globcache.py)."""
+
+    def load(self, base: str) -> None: ...
+    def save(self, base: str) -> None: ...
+
+
+def expand_all(patterns: Iterable[str], max_depth: int, store: Store | None = None) -> dict[str, list[str]]:
     """Existing paths matching each absolute glob; `**` spans at most `max_depth` components.
 
     Patterns whose fixed prefixes nest are walked together from the outermost prefix.
@@ -293,7 +304,12 @@ def expand_all(patterns: Iterable[str], max_depth: int) -> dict[str, list[str]]:
                 continue
             ids.setdefault(_intern(parts, limit), []).append(original)
         if ids:
+            if store is not None:
+                store.load(base)
+            _changed.clear()
             _walk(base, _closure((pid, 0) for pid in ids), ids, out, now)
+            if store is not None and _changed:
+                store.save(base)
     return {p: sorted(set(m)) for p, m in out.items()}
 
 
@@ -303,7 +319,7 @@ def _walk(
     """Depth-first over the live directories; kept flat, it runs once per directory of the tree."""
     stack = [(base, start, 0)]
     walked = 0
-    cache, steps, nlink_devs = _cache, _steps, _nlink_devs
+    cache, steps, nlink_devs, stat = _cache, _steps, _nlink_devs, os.stat
     while stack:
         directory, states, depth = stack.pop()
         walked += 1
@@ -312,12 +328,17 @@ def _walk(
         if directory in VIRTUAL:
             continue
         try:
-            st = os.stat(directory)
+            st = stat(directory)
         except OSError:
             continue
         stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
         hit = cache.get(directory)
-        if hit is not None and hit[0] == stamp and hit[2] == depth and hit[1] == states:
+        if (
+            hit is not None
+            and hit[0] == stamp
+            and hit[2] == depth
+            and (hit[1] is states or hit[1] == states)
+        ):
             matches, subdirs = hit[3], hit[4]
         else:
             step = steps.get((states, depth + 1)) or _step(states, depth + 1)
@@ -334,12 +355,13 @@ def _walk(
                 if len(cache) >= MAX_CACHED_DIRS:
                     cache.clear()
                 cache[directory] = (stamp, states, depth, matches, subdirs)
-        for path, matched in matches:
-            for pid in matched:
-                for original in ids.get(pid, ()):
-                    out[original].append(path)
-        for path, nxt in subdirs:
-            stack.append((path, nxt, depth + 1))
+                _changed.append(directory)
+        if matches:
+            for path, matched in matches:
+                for pid in matched:
+                    for original in ids.get(pid, ()):
+                        out[original].append(path)
+        stack.extend(subdirs)
 
 
 def expand(pattern: str, max_depth: int) -> list[str]:

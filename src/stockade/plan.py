@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, NamedTuple
 
-from . import globs, home
+from . import globcache, globs, home
 from .environ import sandbox_env
 from .errors import ConfigError
 from .policy.builtin import BUILTIN_FILE
@@ -355,7 +355,10 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
     patterns = [item.path for _, items in wanted for item in items if globs.has_magic(item.path)]
     # One walk per base directory for every pattern of the profile together.
     try:
-        matches = globs.expand_all(patterns, profile.glob_scan_max_depth or 0) if patterns else {}
+        matches: dict[str, list[str]] = {}
+        if patterns:
+            # The store carries what earlier stockade processes learnt, revalidated entry by entry.
+            matches = globs.expand_all(patterns, profile.glob_scan_max_depth or 0, globcache.store())
     except globs.TooBroad as exc:
         source = next(r.source for r, items in wanted for i in items if i.path == exc.pattern)
         raise ConfigError(

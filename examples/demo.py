@@ -10,6 +10,8 @@ def attempt(label: str, fn) -> None:
     try:
         fn()
         print(f"  allowed  {label}")
+    except FileNotFoundError:
+        print(f"  absent   {label}: there is none here to try")
     except OSError as exc:
         print(f"  blocked  {label}: {exc.strerror}")
 
@@ -18,6 +20,11 @@ def write(path: str) -> None:
     with open(path, "w") as fh:
         fh.write("written inside the sandbox\n")
     os.unlink(path)
+
+
+def read(path: str) -> None:
+    with open(path) as fh:
+        fh.read()
 
 
 def connect() -> None:
@@ -31,6 +38,9 @@ def main() -> int:
     attempt("write in $HOME", lambda: write(os.path.expanduser("~/stockade-demo.txt")))
     attempt("write in /etc", lambda: write("/etc/stockade-demo.txt"))
     attempt("rewrite .git/config", lambda: open(".git/config", "a").close())
+    attempt("read README.md", lambda: read("README.md"))
+    attempt("read ~/.ssh/id_ed25519", lambda: read(os.path.expanduser("~/.ssh/id_ed25519")))
+    attempt("read .env", lambda: read(".env"))
     attempt("connect to pypi.org:443", connect)
     leaked = [k for k in os.environ if "TOKEN" in k or "SECRET" in k or "KEY" in k]
     print(f"  secrets in the environment: {leaked or 'none'}")

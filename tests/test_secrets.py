@@ -251,3 +251,11 @@ def test_a_writable_config_dir_cannot_take_a_stockade_policy(who: Who, workspace
     assert failed(done, len(attempts), then=["config-ok"]), done.stdout + done.stderr
     assert not (home / ".config/stockade").exists()  # the placeholder is gone again
     assert (home / ".config/git/ok").exists()
+
+
+def test_an_ssh_key_that_cannot_be_denied_exactly_stops_the_run(tmp: Path) -> None:
+    home = tmp / "home"
+    write(home / ".ssh/config", "Host *\n  IdentityFile /%h\n")
+    with pytest.raises(ConfigError, match="whole filesystem") as err:
+        plan(tmp / "repo", home)
+    assert "config:2" in str(err.value) and ":ssh_keys" in str(err.value)

@@ -180,11 +180,18 @@ class _Builder:
         if rule.anchor == ":home":
             return self._home(rule) if rule.access != "deny" else [Item(home)]
         if rule.anchor == ":ssh_keys":
-            return [
-                Item(p.path, False, f"{rule.source} ({p.keyword} at {p.origin})")
-                for p in self.ssh_paths()
-                if p.secret
-            ]
+            items = []
+            for p in self.ssh_paths():
+                if p.secret and globs.has_magic(p.path) and globs.split(p.path)[0] == "/":
+                    raise ConfigError(  # fail closed: the key would otherwise stay readable
+                        f"{p.keyword} {p.path} at {p.origin} can only be denied by walking the whole "
+                        "filesystem; move it under a directory, or deny it yourself and set "
+                        '":ssh_keys" = "read" in your profile',
+                        key=rule.source,
+                    )
+                if p.secret:
+                    items.append(Item(p.path, False, f"{rule.source} ({p.keyword} at {p.origin})"))
+            return items
         raise ConfigError(f"special path {rule.anchor} is not supported here", key=rule.source)
 
     def ssh_paths(self) -> tuple[SshPath, ...]:

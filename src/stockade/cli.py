@@ -37,6 +37,11 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--network", choices=("off", "on"), help="network access (default: from the profile)")
     p.add_argument(
+        "--backend",
+        choices=("auto", "bwrap", "landlock"),
+        help="enforcement: auto (default) uses bubblewrap where it works, else Landlock",
+    )
+    p.add_argument(
         "--env",
         metavar="NAME[=VALUE]",
         action="append",
@@ -82,6 +87,7 @@ def _plan(args: argparse.Namespace) -> Any:
         network=args.network,
         env=args.env,
         config=args.config,
+        backend=args.backend,
     )
 
 
@@ -155,14 +161,27 @@ def render_plan(plan: Any, backend: str) -> str:
 
 
 def _backend_line(plan: Any) -> str:
+    """Which backend will run (and why), and what the other one would refuse."""
     if plan.unconfined:
         return "none: full-access runs unconfined"
     from .backends import select_backend
 
     try:
-        return select_backend(plan).describe()
+        chosen = select_backend(plan)
+        line = chosen.describe() + ("" if plan.backend == "auto" else f" (asked for: {plan.backend})")
     except StockadeError as exc:
-        return f"UNAVAILABLE: {str(exc).splitlines()[0]} (see stockade doctor)"
+        return f"UNAVAILABLE: {exc}"
+    if chosen.name == "bwrap":
+        from .backends.landlock import MIN_ABI, kernel_abi, translate
+
+        try:
+            if kernel_abi() >= MIN_ABI:
+                translate(plan, kernel_abi())
+                line += "\n          landlock could hold this Plan too"
+        except StockadeError as exc:
+            refused = "".join(f"\n            {r.strip()}" for r in str(exc).splitlines()[1:])
+            line += "\n          landlock would refuse:" + refused
+    return line
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -198,7 +198,7 @@ def check_seccomp() -> Check:
 
 
 def check_landlock() -> Check:
-    """The ABI a later Landlock backend will rely on; informational for now."""
+    """The Landlock backend (used where bubblewrap cannot start): its ABI and its launcher."""
     nr = LANDLOCK_CREATE_RULESET.get(platform.machine())
     if nr is None:
         return Check("landlock", False, f"unknown syscall number on {platform.machine()}", required=False)
@@ -208,7 +208,15 @@ def check_landlock() -> Check:
         ctypes.c_long(nr), None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)
     )
     if abi >= 0:
-        return Check("landlock", True, f"ABI {abi}", required=False)
+        from .backends.landlock import MIN_ABI
+        from .backends.llexec import launcher, launcher_problem
+
+        if abi < MIN_ABI:
+            return Check(
+                "landlock", False, f"ABI {abi}: the Landlock backend needs ABI {MIN_ABI}", required=False
+            )
+        how = "launcher ready" if launcher() else f"slower fork path: {launcher_problem()}"
+        return Check("landlock", True, f"ABI {abi}: the fallback backend can run ({how})", required=False)
     err = ctypes.get_errno()
     fix = "needs Linux >= 5.13 with CONFIG_SECURITY_LANDLOCK"
     if err == errno.EOPNOTSUPP:

@@ -96,6 +96,7 @@ class Plan:
     env: dict[str, str] = field(hash=False)
     withheld: dict[str, str] = field(hash=False)
     notes: tuple[str, ...] = ()
+    backend: str = "auto"  # which backend the profile asked for (auto|bwrap|landlock)
 
     def access(self, path: str) -> Access | None:
         """Effective access of a canonical path; None when it is not visible."""
@@ -426,4 +427,5 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         env,
         withheld,
         tuple(b.notes),
+        profile.backend,
     )

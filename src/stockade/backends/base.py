@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +20,7 @@ class LaunchSpec:
     pass_fds: tuple[int, ...] = ()
     status_fd: int | None = None  # read end: the backend's report of how the command ended
     close_after_spawn: list[int] = field(default_factory=list)
-
+    preexec: Callable[[], None] | None = None  # only where no launcher binary can be used
     def after_spawn(self) -> None:
         for fd in self.close_after_spawn:
             os.close(fd)
@@ -40,3 +41,9 @@ class Backend(Protocol):
 
     def describe(self) -> str:
         """One line for explain/doctor: which mechanism and binary."""
+
+    def kill(self, pid: int) -> None:
+        """End everything the command started (the whole sandbox), now; `pid` is not reaped yet."""
+
+    def cleanup(self, pid: int) -> None:
+        """After the command's process was reaped: end whatever it left running."""

@@ -6,8 +6,10 @@ always lands on top of its parent: that is how "the most specific path wins" is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan, nearest_access
@@ -166,6 +168,14 @@ class BwrapBackend:
             status_fd=status_r,
             close_after_spawn=[filter_r, status_w],
         )
+
+    def kill(self, pid: int) -> None:
+        """bwrap is the sandbox's init's parent: killing it takes the pid namespace down."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self, pid: int) -> None:
+        """Nothing is left: the pid namespace ended with the command."""
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
         """bwrap reports "exit-code" only when the command was really exec'd."""

@@ -89,6 +89,7 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         umount2=166, pivot_root=155, setns=308, swapon=167, swapoff=168, reboot=169, acct=163,
         quotactl=179, syslog=103, lookup_dcookie=212, name_to_handle_at=303,
         open_by_handle_at=304, clone=56, unshare=272, ioctl=16, socket=41, socketpair=53,
+        setsid=112, setpgid=109,
     )),
     "aarch64": (AUDIT_ARCH_AARCH64, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, keyctl=219, add_key=217,
@@ -97,6 +98,7 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         umount2=39, pivot_root=41, setns=268, swapon=224, swapoff=225, reboot=142, acct=89,
         quotactl=60, syslog=116, lookup_dcookie=18, name_to_handle_at=264,
         open_by_handle_at=265, clone=220, unshare=97, ioctl=29, socket=198, socketpair=199,
+        setsid=157, setpgid=154,
     )),
 }  # fmt: skip
 
@@ -141,9 +143,16 @@ def machine_name() -> str:
 
 
 @functools.cache
-def build_filter(*, network: bool) -> bytes:
+def build_filter(*, network: bool, shared_host: bool = False) -> bytes:
     """Classic-BPF seccomp program (array of struct sock_filter, 8 bytes each, native endian) in
-    the format `bwrap --seccomp FD` reads. `network` False also limits the socket families."""
+    the format `bwrap --seccomp FD` reads. `network` False also limits the socket families.
+
+    `shared_host` is for a sandbox with no namespaces of its own (Landlock): the command shares
+    the host's network stack and session, so new unix sockets are refused (Landlock cannot see a
+    connect() to a host socket; socketpair stays allowed), with the network off every other
+    family but unix pairs is refused too (no private loopback to keep), and setsid() and
+    setpgid() are refused, so every process stays in the one process group stockade kills.
+    """
     machine = machine_name()
     if machine not in ARCHES:
         raise RuntimeError(f"no seccomp filter for architecture {machine!r}; refusing to run unfiltered")
@@ -160,9 +169,12 @@ def build_filter(*, network: bool) -> bytes:
     p.jump(JEQ_K, nr["unshare"], "namespaces")
     p.jump(JEQ_K, nr["ioctl"], "ioctl")
     p.jump(JEQ_K, nr["socket"], "socket")
-    p.jump(JEQ_K, nr["socketpair"], "socket")
+    p.jump(JEQ_K, nr["socketpair"], "socketpair" if shared_host else "socket")
     for name in DENIED:
         p.jump(JEQ_K, nr[name], "eperm")
+    if shared_host:
+        p.jump(JEQ_K, nr["setsid"], "eperm")
+        p.jump(JEQ_K, nr["setpgid"], "eperm")
     p.ret(RET_ALLOW)
 
     p.label("namespaces")  # clone and unshare both take the flags in arg0 on these arches
@@ -177,7 +189,15 @@ def build_filter(*, network: bool) -> bytes:
     p.label("socket")
     p.load(arg_low(0))  # the address family (int)
     p.jump(JEQ_K, AF_VSOCK, "eafnosupport")
-    if network:
+    if shared_host:
+        p.jump(JEQ_K, AF_UNIX, "eacces")
+        if not network:
+            p.ret(RET_ERRNO | errno.EAFNOSUPPORT)
+        p.ret(RET_ALLOW)
+        p.label("socketpair")
+        p.load(arg_low(0))
+        p.jump(JEQ_K, AF_UNIX, "allow", "eafnosupport")
+    elif network:
         p.ret(RET_ALLOW)
     else:
         for family in OFFLINE_FAMILIES:
@@ -192,6 +212,8 @@ def build_filter(*, network: bool) -> bytes:
     p.ret(RET_ERRNO | errno.ENOSYS)
     p.label("eafnosupport")
     p.ret(RET_ERRNO | errno.EAFNOSUPPORT)
+    p.label("eacces")
+    p.ret(RET_ERRNO | errno.EACCES)
     p.label("kill")
     p.ret(RET_KILL_PROCESS)
     return p.assemble()

@@ -42,10 +42,11 @@ def prepare(
     env: Sequence[str] = (),
     config: str | None = None,
     host_env: Mapping[str, str] | None = None,
+    backend: str | None = None,
 ) -> Plan:
     """Parse and materialize: config files + options -> Profile -> Plan."""
     ctx = Context.current(cwd, roots, host_env)
-    overrides = Overrides(tuple(writable), tuple(read), tuple(deny), network, tuple(env))
+    overrides = Overrides(tuple(writable), tuple(read), tuple(deny), network, tuple(env), backend)
     prof = load_profile(
         profile,
         roots=list(ctx.workspace_roots),
@@ -96,6 +97,7 @@ class Sandboxed:
                     stdin=stdin,
                     stdout=stdout,
                     stderr=stderr,
+                    preexec_fn=self.spec.preexec,  # None (fast spawn) unless no launcher exists
                 )
             finally:
                 self.spec.after_spawn()
@@ -104,9 +106,13 @@ class Sandboxed:
             raise
 
     def kill(self) -> None:
-        """End the whole tree now: killing bwrap takes its pid namespace down with it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """End the whole tree now, the way the backend can (a pid namespace, or a session)."""
+        if self.backend is None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            return
+        if self.proc.returncode is None:
+            self.backend.kill(self.proc.pid)
 
     def finish(self) -> int:
         """Wait, tidy up, and return the command's exit status (128+N for a signal)."""
@@ -114,6 +120,7 @@ class Sandboxed:
         try:
             if self.backend is None or self.spec is None:
                 return 128 - rc if rc < 0 else rc
+            self.backend.cleanup(self.proc.pid)  # what the command left running in the background
             code = self.backend.finish(self.spec, rc)
         finally:
             self._placeholders.__exit__(None, None, None)
@@ -157,6 +164,7 @@ def run(
     stdout: File = None,
     stderr: File = None,
     host_env: Mapping[str, str] | None = None,
+    backend: str | None = None,
 ) -> Result:
     """Run `argv` in the sandbox and wait for it, like subprocess.run (output captured by default)."""
     plan = prepare(
@@ -170,6 +178,7 @@ def run(
         env=env,
         config=config,
         host_env=host_env,
+        backend=backend,
     )
     if capture_output:
         stdout = stderr = subprocess.PIPE

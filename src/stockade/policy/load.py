@@ -17,6 +17,7 @@ from ..globs import has_magic, split
 from .builtin import BUILTIN, BUILTIN_FILE, DEFAULT_PROFILE, UNCONFINED
 from .model import (
     ACCESS_VALUES,
+    BACKENDS,
     GIT_MODES,
     NETWORK_MODES,
     SPECIAL_KEYS,
@@ -37,6 +38,7 @@ PROFILE_KEYS = (
     "git",
     "glob_scan_max_depth",
     "skip_missing",
+    "backend",
 )
 NETWORK_KEYS = ("mode",)
 ENV_KEYS = ("pass", "set", "deny")
@@ -306,6 +308,15 @@ def apply_body(profile: Profile, body: dict[str, Any], file: str, name: str) -> 
                 "must be an integer from 1 to 64", file=file, key=f"{prefix}.glob_scan_max_depth"
             )
         profile = replace(profile, glob_scan_max_depth=depth)
+    if "backend" in body:
+        backend = body["backend"]
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"invalid backend {backend!r}; {_suggest(str(backend), BACKENDS)}",
+                file=file,
+                key=f"{prefix}.backend",
+            )
+        profile = replace(profile, backend=backend)
     if "skip_missing" in body:
         if not isinstance(body["skip_missing"], bool):
             raise ConfigError("must be true or false", file=file, key=f"{prefix}.skip_missing")
@@ -375,6 +386,7 @@ class Overrides:
     deny: tuple[str, ...] = ()
     network: str | None = None
     env: tuple[str, ...] = ()  # NAME (pass through) or NAME=VALUE (set)
+    backend: str | None = None
 
 
 def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> list[FsRule]:
@@ -405,6 +417,12 @@ def apply_overrides(profile: Profile, o: Overrides, cwd: str) -> Profile:
     profile = profile.with_rules(rules)
     if o.network is not None:
         profile = replace(profile, network=_network(o.network, "--network", "value"))
+    if o.backend is not None:
+        if o.backend not in BACKENDS:
+            raise ConfigError(
+                f"invalid backend {o.backend!r}; {_suggest(o.backend, BACKENDS)}", key="--backend"
+            )
+        profile = replace(profile, backend=o.backend)
     if o.env:
         passthrough = list(profile.env.passthrough)
         fixed = dict(profile.env.set)

@@ -9,6 +9,7 @@ Access = Literal["read", "write", "deny"]
 ACCESS_VALUES: tuple[str, ...] = ("read", "write", "deny", "none")
 NETWORK_MODES: tuple[str, ...] = ("off", "on")
 GIT_MODES: tuple[str, ...] = ("protect", "read-only", "write")
+BACKENDS: tuple[str, ...] = ("auto", "bwrap", "landlock")
 
 # Special path keys. Anchored keys may also carry a sub-path (`:workspace_roots` table form).
 SPECIAL_KEYS: tuple[str, ...] = (
@@ -66,6 +67,7 @@ class Profile:
     skip_missing: bool = False  # skip write/read entries whose path does not exist
     description: str = ""
     config_files: tuple[str, ...] = ()  # the files it was read from: never writable inside
+    backend: str = "auto"  # auto: bubblewrap where it works, else Landlock
 
     def with_rules(self, rules: list[FsRule]) -> Profile:
         """Later rules for the same key replace earlier ones; order is kept otherwise."""

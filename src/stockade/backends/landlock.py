@@ -1,0 +1,290 @@
+"""Landlock + seccomp backend: a sandbox where user namespaces are refused (containers, Ubuntu 24.04).
+
+Landlock grants are allowlists attached to inodes, and a grant on a directory covers everything
+beneath it. So a Plan maps onto a ruleset exactly when every entry is at least as wide as the
+entries above it. A narrower entry under a *readable* directory (`~/.ssh` denied under `/`) is
+built by granting the directory's other children instead, recursively along the path to the
+narrower entry; the directories on that path are then not listable and files created in them
+later are not readable (stricter, never weaker). A narrower entry under a *writable* directory
+cannot be built: a new file in that directory can only be written through a grant on the
+directory, which would cover the narrower entry too (tested on this kernel: create succeeds,
+open for write fails with EACCES). Such Plans are refused with the reason, never weakened; so
+is a private /tmp, which needs a mount.
+
+Nothing here runs in the stockade process itself: the ruleset is built here as an fd, and a
+tiny launcher (`llexec`) applies it, no-new-privs and the seccomp filter in the child, then
+execs the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import SandboxUnavailable, UnsupportedPolicy
+from ..plan import PathRule, Plan
+from ..state import find_state_dir
+from . import seccomp
+from .base import LaunchSpec
+
+SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # the same on every arch
+CREATE_RULESET_VERSION = 1
+RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}  # ABI 5+: below
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
+SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1 << 0, 1 << 1
+FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # what a rule on a file may hold
+READ = EXECUTE | READ_FILE | READ_DIR
+# Device files every tool writes to; /dev itself is read-only like the rest of the system.
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts")
+# Below ABI 6 a command could signal (kill) host processes, below ABI 3 truncate files it may
+# only read: Landlock could not hold those Plans exactly, so older kernels are refused.
+MIN_ABI = 6
+
+
+def fs_rights(abi: int) -> int:
+    return FS_RIGHTS.get(abi, (1 << 16) - 1)
+
+
+@functools.cache
+def kernel_abi() -> int:
+    """The Landlock ABI the running kernel offers; 0 when it has none (or it is disabled)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
+    return max(int(version), 0)
+
+
+@dataclass
+class Ruleset:
+    """The Landlock ruleset for a Plan, as data (explain prints it; launch turns it into an fd)."""
+
+    abi: int
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    rules: list[tuple[str, int]] = field(default_factory=list)  # (path, allowed rights)
+    notes: list[str] = field(default_factory=list)
+
+
+def translate(plan: Plan, abi: int) -> Ruleset:
+    """Plan -> Ruleset, exactly or not at all: UnsupportedPolicy lists every rule it cannot hold."""
+    handled = fs_rights(abi)
+    write = handled
+    rights = {"read": READ, "write": write, "deny": 0}
+    entries = {r.path: r for r in plan.rules}
+    state = find_state_dir()
+    if state is not None:  # stockade's own state (and its launcher) is never reachable inside
+        entries.setdefault(os.path.realpath(state), _synthetic(os.path.realpath(state), "stockade state"))
+    # The host's /dev (no fresh one without a mount): only the harmless devices, added below.
+    entries.setdefault("/dev", _synthetic("/dev", "host devices (only null, zero, tty, ... inside)"))
+    problems: list[str] = []
+    holes: dict[str, set[str]] = {}  # readable entry -> narrower entries below it
+    for path, rule in sorted(entries.items()):
+        if rule.kind == "scratch":
+            problems.append(
+                f"{path}: a private tmpfs needs a mount namespace; grant a writable tmp instead "
+                "(:tmpdir or :slash_tmp)"
+            )
+            continue
+        # A grant covers everything beneath it: every wider entry above must go around this one.
+        for above in _entries_above(entries, path):
+            if rights[rule.access] & rights[above.access] == rights[above.access]:
+                continue
+            if above.access == "write":
+                problems.append(
+                    f"{path} ({rule.access}, {rule.reason}) is inside writable {above.path}: "
+                    "Landlock cannot keep it narrower without making new files there unwritable"
+                )
+                break
+            holes.setdefault(above.path, set()).add(path)
+    if problems:
+        raise UnsupportedPolicy(
+            "the Landlock backend cannot enforce this Plan exactly:\n  " + "\n  ".join(problems)
+        )
+    out = Ruleset(abi, handled, 0, 0)
+    for path, rule in sorted(entries.items()):
+        allowed = rights[rule.access]
+        if not allowed:
+            continue
+        if path in holes:
+            _grant_around(path, allowed, holes[path], out)
+        else:
+            out.rules.append((path, allowed))
+    if plan.access("/dev") is not None:
+        for device in DEVICES:
+            if os.path.exists(device):
+                out.rules.append((device, READ | WRITE_FILE | (IOCTL_DEV if abi >= 5 else 0)))
+    if plan.network != "on" and abi >= 4:
+        out.handled_net = NET_BIND_TCP | NET_CONNECT_TCP  # no port is allowed: all TCP refused
+    if abi >= 6:
+        out.scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL
+    return out
+
+
+def _synthetic(path: str, reason: str) -> PathRule:
+    return PathRule(path, "deny", "dir", reason, path)
+
+
+def _entries_above(entries: dict[str, PathRule], path: str) -> list[PathRule]:
+    found = []
+    while path != "/":
+        path = os.path.dirname(path)
+        if path in entries:
+            found.append(entries[path])
+    return found
+
+
+def _grant_around(directory: str, allowed: int, holes: set[str], out: Ruleset) -> None:
+    """Grant `allowed` on everything under `directory` except the holes, through its children."""
+    out.notes.append(f"{directory}: granted child by child around {len(holes)} narrower entr(ies)")
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        try:
+            children = list(os.scandir(current))
+        except OSError:
+            continue
+        for child in children:
+            path = child.path
+            if path in holes:
+                continue
+            if any(h.startswith(path + "/") for h in holes):
+                if child.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                continue
+            if child.is_symlink():
+                continue  # a link is checked at its target; the link itself needs no grant
+            is_dir = child.is_dir(follow_symlinks=False)
+            out.rules.append((path, allowed if is_dir else allowed & FILE_ONLY))
+
+
+@functools.cache
+def _syscall() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    fn = ctypes.CDLL(None, use_errno=True).syscall
+    fn.restype = ctypes.c_long
+    return fn
+
+
+def build_fd(ruleset: Ruleset) -> int:
+    """The ruleset as a Landlock fd (CLOEXEC), ready for landlock_restrict_self in the child."""
+    syscall = _syscall()
+    attr = struct.pack("=QQQ", ruleset.handled_fs, ruleset.handled_net, ruleset.scoped)
+    size = 8 if ruleset.abi < 4 else 16 if ruleset.abi < 6 else 24
+    buf = ctypes.create_string_buffer(attr[:size], size)
+    fd = syscall(ctypes.c_long(SYS_CREATE_RULESET), buf, ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise SandboxUnavailable(f"landlock_create_ruleset failed: {os.strerror(err)}; nothing was run")
+    rule = ctypes.create_string_buffer(12)  # struct landlock_path_beneath_attr (packed)
+    try:
+        for path, allowed in ruleset.rules:
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # gone since the Plan was made: nothing to grant
+            try:
+                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
+                    allowed &= FILE_ONLY
+                struct.pack_into("=Qi", rule, 0, allowed & ruleset.handled_fs, pfd)
+                if syscall(ctypes.c_long(SYS_ADD_RULE), fd, RULE_PATH_BENEATH, rule, 0) != 0:
+                    err = ctypes.get_errno()
+                    raise SandboxUnavailable(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
+            finally:
+                os.close(pfd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class LandlockBackend:
+    name = "landlock"
+
+    def __init__(self, max_abi: int | None = None) -> None:
+        self._last: tuple[Plan, Ruleset] | None = None
+        abi = kernel_abi()
+        cap = max_abi if max_abi is not None else int(os.environ.get("STOCKADE_LANDLOCK_MAX_ABI", "0") or 0)
+        self.abi = min(abi, cap) if cap else abi
+        if abi < 1:
+            raise SandboxUnavailable(
+                "this kernel offers no Landlock (needs Linux 5.13+ with landlock in the lsm= list)"
+            )
+        if self.abi < MIN_ABI:
+            raise SandboxUnavailable(
+                f"Landlock ABI {self.abi} is too old: before ABI 6 a sandboxed command can still "
+                "signal host processes, and before ABI 3 truncate files it may only read; stockade "
+                "refuses rather than run a weaker sandbox (needs Linux 6.12+)"
+            )
+
+    def describe(self) -> str:
+        return f"landlock ABI {self.abi} + seccomp (no namespaces)"
+
+    def check(self, plan: Plan) -> None:
+        self._translated(plan)
+
+    def _translated(self, plan: Plan) -> Ruleset:
+        """check() then launch() translate the same Plan: do it once."""
+        if self._last is None or self._last[0] is not plan:
+            self._last = (plan, translate(plan, self.abi))
+        return self._last[1]
+
+    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
+        from . import llexec
+
+        ruleset = self._translated(plan)
+        bpf = seccomp.build_filter(network=plan.network == "on", shared_host=True)
+        ruleset_fd = build_fd(ruleset)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        launcher = llexec.launcher()
+        if launcher is None:  # no compiler here: the slower fork path, with the same steps
+            spec = LaunchSpec(argv=argv, env=plan.env, cwd=plan.cwd, status_fd=status_r)
+            spec.preexec = llexec.preexec(ruleset_fd, bpf, status_fd=status_w)
+            spec.close_after_spawn += [ruleset_fd, status_w]
+            return spec
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, bpf)
+        os.close(filter_w)
+        return LaunchSpec(
+            argv=llexec.spec_argv(launcher, status_w, ruleset_fd, filter_r, argv),
+            env=plan.env,
+            cwd=plan.cwd,
+            pass_fds=(status_w, ruleset_fd, filter_r),
+            status_fd=status_r,
+            close_after_spawn=[status_w, ruleset_fd, filter_r],
+        )
+
+    def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
+        from . import llexec
+
+        problem = llexec.read_status(spec.status_fd) if spec.status_fd is not None else None
+        spec.status_fd = None
+        if problem is None:
+            return 128 - returncode if returncode < 0 else returncode
+        if problem.startswith("exec"):
+            return 127
+        raise SandboxUnavailable(
+            f"the Landlock launcher could not sandbox the command ({problem}); nothing ran"
+        )
+
+    def kill(self, pid: int) -> None:
+        """No pid namespace here: end the command's whole process group."""
+        kill_session(pid)
+
+    def cleanup(self, pid: int) -> None:
+        kill_session(pid)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL the command's whole process group: the launcher's setsid() made it, and setsid()
+    and setpgid() are refused inside, so nothing the command started can be outside it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(sid, signal.SIGKILL)

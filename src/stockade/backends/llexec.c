@@ -1,0 +1,113 @@
+/* llexec: confine itself with a Landlock ruleset and a seccomp filter, then exec the command.
+ *
+ *   llexec STATUS_FD RULESET_FD SECCOMP_FD PROG [ARGS...]
+ *
+ * Why a separate binary: the restrictions must reach the sandboxed command only, never the
+ * stockade process, and applying them in a Python preexec_fn forces fork() (no vfork), runs
+ * Python between fork and exec, and costs more the bigger the parent is. Here the parent
+ * spawns this tiny static program with vfork, and everything happens after exec.
+ *
+ * The parent builds the ruleset (an fd) and writes the classic-BPF program (struct sock_filter
+ * array) into a pipe. STATUS_FD is the write end of a pipe the parent reads to EOF: on any
+ * failure this program writes "<step>: <strerror>\n" there and exits 127 without running
+ * PROG; on success exec closes it (it is made close-on-exec here, because subprocess's
+ * pass_fds clears that flag) and the parent reads nothing. RULESET_FD or SECCOMP_FD -1 skips
+ * that step (tests). None of the three fds is left open in PROG.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446 /* the same number on every architecture */
+#endif
+
+static int status_fd = 2; /* stderr until STATUS_FD is known */
+
+static void put(char *buf, size_t *len, size_t cap, const char *s) {
+    while (*s && *len < cap) buf[(*len)++] = *s++;
+}
+
+/* Report the step that failed and end without running anything. */
+static void fail(const char *step, int err) {
+    char buf[256];
+    size_t len = 0;
+    put(buf, &len, sizeof buf - 1, step);
+    put(buf, &len, sizeof buf - 1, ": ");
+    put(buf, &len, sizeof buf - 1, strerror(err));
+    buf[len++] = '\n';
+    while (write(status_fd, buf, len) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
+static int parse_fd(const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < -1 || v > 1 << 30) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+/* Did stockade die before PR_SET_PDEATHSIG was in place? Then no signal will ever come. */
+static int parent_gone(pid_t parent) {
+    if (getppid() != parent) return 1; /* it died after main() started */
+    /* It died even earlier (we were reparented before main): stockade held the only read end
+     * of the status pipe, so a pipe with no reader left means stockade is gone. */
+    struct pollfd p = {.fd = status_fd, .events = POLLOUT};
+    return status_fd > 2 && poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+}
+
+static void install_seccomp(int fd) {
+    static struct sock_filter insns[BPF_MAXINSNS + 1];
+    size_t got = 0, cap = sizeof insns;
+    for (;;) {
+        ssize_t n = read(fd, (char *)insns + got, cap - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("seccomp read", errno);
+        if (n == 0) break;
+        got += (size_t)n;
+        if (got == cap) fail("seccomp read", E2BIG); /* more than BPF_MAXINSNS */
+    }
+    close(fd);
+    if (got == 0 || got % sizeof insns[0]) fail("seccomp read", EINVAL);
+    struct sock_fprog prog = {.len = (unsigned short)(got / sizeof insns[0]), .filter = insns};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) fail("seccomp", errno);
+}
+
+int main(int argc, char **argv) {
+    int fds[3];
+    if (argc < 5 || !parse_fd(argv[1], &fds[0]) || !parse_fd(argv[2], &fds[1]) ||
+        !parse_fd(argv[3], &fds[2])) {
+        static const char usage[] = "usage: llexec STATUS_FD RULESET_FD SECCOMP_FD PROG [ARGS...]\n";
+        if (write(2, usage, sizeof usage - 1) < 0) _exit(127);
+        return 127;
+    }
+    if (fds[0] >= 0) {
+        status_fd = fds[0];
+        if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) fail("status fd", errno);
+    }
+    pid_t parent = getppid();
+    if (setsid() < 0) fail("setsid", errno);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("pdeathsig", errno);
+    if (parent_gone(parent)) fail("parent", ESRCH);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs", errno);
+    if (fds[1] >= 0) {
+        if (syscall(SYS_landlock_restrict_self, fds[1], 0) != 0) fail("landlock_restrict_self", errno);
+        close(fds[1]);
+    }
+    if (fds[2] >= 0) install_seccomp(fds[2]);
+    execvp(argv[4], argv + 4);
+    fail("exec", errno);
+    return 127;
+}

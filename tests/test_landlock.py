@@ -1,0 +1,214 @@
+"""The Landlock + seccomp backend, enforced for real on this kernel, as root and as a user.
+
+Landlock can hold a Plan exactly only where entries get wider going down, or narrower under a
+readable directory (built child by child). What it cannot hold is refused, with the reason:
+those refusals are asserted here too, so a weaker sandbox can never slip through.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Who, failed
+
+import stockade
+from stockade.backends.landlock import READ, kernel_abi, translate
+
+pytestmark = pytest.mark.skipif(kernel_abi() < 6, reason="needs Landlock ABI 6 (this kernel: ABI 7)")
+
+PROFILE = """
+[profiles.ll]
+extends = "read-only"
+[profiles.ll.filesystem]
+":tmpdir" = "write"
+":slash_tmp" = "write"
+"~/.ssh" = "deny"
+"""
+
+
+@pytest.fixture
+def setup(who: Who, workspace: Path) -> tuple[Path, Path, list[str]]:
+    """A home with a key, a config with a profile Landlock can hold, and the flags to use it."""
+    home = who.mkdtemp("home-")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_test").write_text("SECRET-KEY")
+    (home / "notes.txt").write_text("notes")
+    who.own(home)
+    config = workspace.parent / f"{workspace.name}-ll.toml"
+    config.write_text(PROFILE)
+    config.chmod(0o644)
+    return home, config, ["--backend", "landlock", "--config", str(config), "--profile", "ll"]
+
+
+TOOLS = """
+import os, sqlite3, tempfile, py_compile
+base = tempfile.mkdtemp()
+a, b = os.path.join(base, "a"), os.path.join(base, "b")
+os.mkdir(a); os.mkdir(b)
+open(os.path.join(a, "f"), "w").write("x")
+os.replace(os.path.join(a, "f"), os.path.join(b, "f"))
+with tempfile.NamedTemporaryFile(dir=b) as fh:
+    fh.write(b"y")
+db = sqlite3.connect(os.path.join(b, "db.sqlite"))
+db.execute("create table t (x)"); db.execute("insert into t values (1)"); db.commit(); db.close()
+open(os.path.join(b, "m.py"), "w").write("X = 1\\n")
+py_compile.compile(os.path.join(b, "m.py"), doraise=True)
+open("/dev/null", "w").write("discarded")
+print("tools-ok")
+"""
+
+
+def test_reads_writes_and_denies(who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]) -> None:
+    home, _, flags = setup
+    attempts = [
+        f"echo x > {workspace}/out",
+        "cat ~/.ssh/id_test",
+        "ls ~/.ssh",
+        "touch /etc/stockade-probe",
+        "ls /dev/shm",
+        "unshare -U true",
+    ]
+    script = "".join(f"{a}; echo rc=$?; " for a in attempts)
+    script += f"cat ~/notes.txt; echo; {who.python} -c '{TOOLS}'"
+    done = who.sandbox(script, workspace, *flags, env={"HOME": str(home)})
+    assert "SECRET" not in done.stdout
+    assert failed(done, len(attempts), then=["notes", "tools-ok"]), done.stdout + done.stderr
+    assert not (workspace / "out").exists()
+
+
+NET = """
+import socket, sys
+results = []
+for label, make in [
+    ("tcp", lambda: socket.create_connection(("1.1.1.1", 53), timeout=2)),
+    ("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("1.1.1.1", 53))),
+    ("host-unix", lambda: socket.socket(socket.AF_UNIX).connect(sys.argv[1])),
+]:
+    try:
+        make(); results.append(label + "=open")
+    except OSError:
+        results.append(label + "=refused")
+a, b = socket.socketpair(); a.send(b"p"); results.append("pair=" + b.recv(1).decode())
+print(" ".join(results))
+"""
+
+
+def test_network_and_host_sockets_are_refused(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    home, _, flags = setup
+    path = str(workspace / "host.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen()
+    try:
+        argv = ["run", *flags, "--", who.python, "-c", NET, path]
+        done = who.stockade(*argv, cwd=workspace, env={"HOME": str(home)})
+    finally:
+        server.close()
+    assert done.stdout.split() == ["tcp=refused", "udp=refused", "host-unix=refused", "pair=p"], done
+
+
+def test_host_processes_cannot_be_signalled_and_nothing_outlives_the_command(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    home, _, flags = setup
+    victim = subprocess.Popen(["sleep", "60"], **who._popen_kw())  # type: ignore[call-overload]
+    marker = f"stockade-ll-{os.getpid()}-{who.name}"
+    try:
+        script = f"kill {victim.pid}; echo rc=$?; (exec -a {marker} sleep 300 &) ; echo started"
+        done = who.sandbox(script, workspace, *flags, env={"HOME": str(home)})
+        assert failed(done, 1, then=["started"]), done.stdout + done.stderr
+        assert victim.poll() is None  # still alive
+        time.sleep(0.2)
+        left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+        assert left.stdout == "", f"a background process outlived the command: {left.stdout}"
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+
+def test_the_stockade_process_itself_stays_unrestricted() -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    config = tmp_path / "ll.toml"
+    config.write_text(PROFILE)
+    done = stockade.run(["true"], cwd=tmp_path, backend="landlock", config=str(config), profile="ll")
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "after").write_text("written by the test process")  # would fail if restricted
+    shutil.rmtree(tmp_path)
+
+
+def test_plans_it_cannot_hold_are_refused_with_the_reason(who: Who, workspace: Path) -> None:
+    marker = workspace / "ran"
+    done = who.stockade("run", "--backend", "landlock", "--", "touch", str(marker), cwd=workspace)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "inside writable" in done.stderr and ".stockade" in done.stderr, done.stderr
+    assert "nothing was run" in done.stderr
+    assert not marker.exists()
+    done = who.stockade("run", "--backend", "landlock", "--profile", "read-only", "--", "true", cwd=workspace)
+    assert done.returncode == 2 and "private tmpfs" in done.stderr, done.stderr
+
+
+def test_an_older_abi_is_refused_never_weakened(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    home, _, flags = setup
+    for abi in (1, 3, 5):
+        env = {"HOME": str(home), "STOCKADE_LANDLOCK_MAX_ABI": str(abi)}
+        done = who.sandbox("echo ran", workspace, *flags, env=env)
+        assert done.returncode == 2 and "ran" not in done.stdout
+        assert f"Landlock ABI {abi} is too old" in done.stderr, done.stderr
+
+
+def test_auto_picks_landlock_where_namespaces_are_refused(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    """Inside a bubblewrap sandbox, user namespaces are refused for real (its seccomp filter):
+    there, `auto` must pick Landlock and still enforce the Plan."""
+    home, config, _ = setup
+    # The inner stockade keeps its state (and launcher) where its own Plan only reads.
+    inner = f"XDG_STATE_HOME={workspace}/inner-state {who.python} -m stockade"
+    script = (
+        f"{inner} explain --config {config} --profile ll | grep '^backend'; "
+        f"{inner} run --config {config} --profile ll -- sh -c 'cat ~/.ssh/id_test; echo rc=$?; "
+        f"echo x > {workspace}/inner; echo rc=$?; echo inner-ok'"
+    )
+    done = who.sandbox(script, workspace, "--backend", "bwrap", env={"HOME": str(home)})
+    lines = done.stdout.splitlines()
+    assert lines and lines[0].startswith("backend") and "landlock" in lines[0], done.stdout + done.stderr
+    assert "SECRET" not in done.stdout
+    rcs = lines[1:3]
+    assert len(rcs) == 2 and all(r.startswith("rc=") and r != "rc=0" for r in rcs), done
+    assert lines[3:] == ["inner-ok"], done
+    assert not (workspace / "inner").exists()
+
+
+# --- translation (what the ruleset holds) ---------------------------------------------------
+
+
+def test_a_deny_under_a_readable_directory_is_built_child_by_child() -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not /tmp: writable in this profile
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / "a").mkdir()
+    (home / "f.txt").write_text("x")
+    config = tmp_path / "ll.toml"
+    config.write_text(PROFILE)
+    plan = stockade.explain(
+        cwd=str(tmp_path), config=str(config), profile="ll", host_env={"HOME": str(home), "PATH": "/usr/bin"}
+    )
+    rules = dict(translate(plan, 7).rules)
+    assert str(home / ".ssh") not in rules and str(home) not in rules and "/" not in rules
+    assert rules[str(home / "a")] == READ and rules[str(home / "f.txt")] == READ & ~(1 << 3)
+    covering = [p for p in rules if str(home / ".ssh/x").startswith(p.rstrip("/") + "/")]
+    assert covering == [], covering
+    shutil.rmtree(tmp_path)

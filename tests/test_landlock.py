@@ -212,3 +212,39 @@ def test_a_deny_under_a_readable_directory_is_built_child_by_child() -> None:
     covering = [p for p in rules if str(home / ".ssh/x").startswith(p.rstrip("/") + "/")]
     assert covering == [], covering
     shutil.rmtree(tmp_path)
+
+
+SIDE_DOORS = """
+import ctypes, fcntl, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+host = int(sys.argv[1])
+out = []
+try:
+    open(f"/proc/{host}/cmdline", "rb").read(); out.append("proc=open")
+except OSError:
+    out.append("proc=refused")
+out.append("ptrace=" + ("open" if libc.ptrace(16, host, None, None) == 0 else "refused"))  # ATTACH
+try:
+    fcntl.ioctl(0, 0x5412, b"x"); out.append("tiocsti=open")  # TIOCSTI
+except OSError as exc:
+    out.append("tiocsti=" + ("refused" if exc.errno == 1 else "other"))
+out.append("cpuinfo=" + ("open" if open("/proc/cpuinfo").read(1) else "empty"))
+print(" ".join(out))
+"""
+
+
+def test_host_processes_and_the_terminal_are_out_of_reach(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    home, _, flags = setup
+    shell = ["sh", "-c", "sleep 60; : stockade-secret-arg"]
+    victim = subprocess.Popen(shell, **who._popen_kw())  # type: ignore[call-overload]
+    try:
+        assert b"stockade-secret-arg" in Path(f"/proc/{victim.pid}/cmdline").read_bytes()
+        argv = ["run", *flags, "--", who.python, "-c", SIDE_DOORS, str(victim.pid)]
+        done = who.stockade(*argv, cwd=workspace, env={"HOME": str(home)})
+        assert victim.poll() is None  # alive all along: its /proc entry existed
+    finally:
+        victim.kill()
+        victim.wait()
+    assert done.stdout.split() == ["proc=refused", "ptrace=refused", "tiocsti=refused", "cpuinfo=open"], done

@@ -84,8 +84,10 @@ def translate(plan: Plan, abi: int) -> Ruleset:
     state = find_state_dir()
     if state is not None:  # stockade's own state (and its launcher) is never reachable inside
         entries.setdefault(os.path.realpath(state), _synthetic(os.path.realpath(state), "stockade state"))
-    # The host's /dev (no fresh one without a mount): only the harmless devices, added below.
+    # The host's /dev and /proc (no fresh ones without a mount): only the harmless devices, and
+    # /proc's files that are not other processes (cpuinfo, meminfo, sys, ...), added below.
     entries.setdefault("/dev", _synthetic("/dev", "host devices (only null, zero, tty, ... inside)"))
+    entries.setdefault("/proc", _synthetic("/proc", "host processes (only /proc's system files inside)"))
     problems: list[str] = []
     holes: dict[str, set[str]] = {}  # readable entry -> narrower entries below it
     for path, rule in sorted(entries.items()):
@@ -119,6 +121,10 @@ def translate(plan: Plan, abi: int) -> Ruleset:
             _grant_around(path, allowed, holes[path], out)
         else:
             out.rules.append((path, allowed))
+    if plan.access("/proc") in ("read", "write"):
+        for entry in os.scandir("/proc"):  # a process's own /proc/self is not reachable either
+            if not entry.name.isdigit() and not entry.is_symlink():
+                out.rules.append((entry.path, READ if entry.is_dir() else READ & FILE_ONLY))
     if plan.access("/dev") is not None:
         for device in DEVICES:
             if os.path.exists(device):

@@ -10,10 +10,10 @@ with the Python version that wrote it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import marshal
 import os
 import sys
+import zlib
 
 from . import globs
 from .state import find_state_dir
@@ -29,7 +29,8 @@ class DiskStore:
         self.loaded: set[str] = set()
 
     def _file(self, base: str) -> str:
-        digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        raw = base.encode("utf-8", "surrogateescape")  # the file records its base: no collision risk
+        digest = f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
         return os.path.join(self.directory, f"globs-{digest}.cache")
 
     def load(self, base: str) -> None:

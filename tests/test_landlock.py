@@ -130,7 +130,7 @@ def test_host_processes_cannot_be_signalled_and_nothing_outlives_the_command(
         assert failed(done, 1, then=["started"]), done.stdout + done.stderr
         assert victim.poll() is None  # still alive
         time.sleep(0.2)
-        left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+        left = subprocess.run(["pgrep", "-f", f"^{marker} "], capture_output=True, text=True, check=False)
         assert left.stdout == "", f"a background process outlived the command: {left.stdout}"
     finally:
         victim.send_signal(signal.SIGKILL)
@@ -240,7 +240,12 @@ def test_host_processes_and_the_terminal_are_out_of_reach(
     shell = ["sh", "-c", "sleep 60; : stockade-secret-arg"]
     victim = subprocess.Popen(shell, **who._popen_kw())  # type: ignore[call-overload]
     try:
-        assert b"stockade-secret-arg" in Path(f"/proc/{victim.pid}/cmdline").read_bytes()
+        for _ in range(100):  # until the victim's own command line is in place
+            if b"stockade-secret-arg" in Path(f"/proc/{victim.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the victim never showed its command line")
         argv = ["run", *flags, "--", who.python, "-c", SIDE_DOORS, str(victim.pid)]
         done = who.stockade(*argv, cwd=workspace, env={"HOME": str(home)})
         assert victim.poll() is None  # alive all along: its /proc entry existed
@@ -248,3 +253,31 @@ def test_host_processes_and_the_terminal_are_out_of_reach(
         victim.kill()
         victim.wait()
     assert done.stdout.split() == ["proc=refused", "ptrace=refused", "tiocsti=refused", "cpuinfo=open"], done
+
+
+def test_nothing_outlives_a_stockade_killed_with_sigkill(
+    who: Who, workspace: Path, setup: tuple[Path, Path, list[str]]
+) -> None:
+    """No pid namespace: the launcher's supervisor ends the command's group when stockade dies."""
+    home, _, flags = setup
+    marker = f"stockade-orphan-{os.getpid()}-{who.name}"
+    script = f"(exec -a {marker}-bg sleep 300 &); exec -a {marker}-fg sleep 300"
+    argv = [who.python, "-m", "stockade", "run", *flags, "--", "bash", "-c", script]
+    env = who.env({"HOME": str(home)})
+    stockade_proc = subprocess.Popen(argv, cwd=workspace, env=env, **who._popen_kw())  # type: ignore[call-overload]
+    pattern = f"^{marker}-(bg|fg) "  # the two sleeps, by the names they were given
+    for _ in range(200):
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+        if len(found.stdout.split()) == 2:
+            break
+        time.sleep(0.05)
+    assert len(found.stdout.split()) == 2, found.stdout
+    stockade_proc.send_signal(signal.SIGKILL)
+    stockade_proc.wait()
+    for _ in range(100):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+        if not left.stdout:
+            return
+        time.sleep(0.05)
+    subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+    pytest.fail(f"processes outlived a killed stockade: {left.stdout}")

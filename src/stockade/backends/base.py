@@ -21,6 +21,7 @@ class LaunchSpec:
     status_fd: int | None = None  # read end: the backend's report of how the command ended
     close_after_spawn: list[int] = field(default_factory=list)
     preexec: Callable[[], None] | None = None  # only where no launcher binary can be used
+    supervisor: bool = False  # the spawned process ends the whole sandbox when sent SIGTERM
     def after_spawn(self) -> None:
         for fd in self.close_after_spawn:
             os.close(fd)
@@ -42,8 +43,8 @@ class Backend(Protocol):
     def describe(self) -> str:
         """One line for explain/doctor: which mechanism and binary."""
 
-    def kill(self, pid: int) -> None:
+    def kill(self, spec: LaunchSpec, pid: int) -> None:
         """End everything the command started (the whole sandbox), now; `pid` is not reaped yet."""
 
-    def cleanup(self, pid: int) -> None:
-        """After the command's process was reaped: end whatever it left running."""
+    def cleanup(self, spec: LaunchSpec, pid: int) -> None:
+        """After the spawned process was reaped: end whatever the command left running."""

@@ -169,12 +169,12 @@ class BwrapBackend:
             close_after_spawn=[filter_r, status_w],
         )
 
-    def kill(self, pid: int) -> None:
+    def kill(self, spec: LaunchSpec, pid: int) -> None:
         """bwrap is the sandbox's init's parent: killing it takes the pid namespace down."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
-    def cleanup(self, pid: int) -> None:
+    def cleanup(self, spec: LaunchSpec, pid: int) -> None:
         """Nothing is left: the pid namespace ended with the command."""
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:

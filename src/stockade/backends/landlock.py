@@ -266,6 +266,7 @@ class LandlockBackend:
             pass_fds=(status_w, ruleset_fd, filter_r),
             status_fd=status_r,
             close_after_spawn=[status_w, ruleset_fd, filter_r],
+            supervisor=True,
         )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
@@ -281,12 +282,18 @@ class LandlockBackend:
             f"the Landlock launcher could not sandbox the command ({problem}); nothing ran"
         )
 
-    def kill(self, pid: int) -> None:
-        """No pid namespace here: end the command's whole process group."""
-        kill_session(pid)
+    def kill(self, spec: LaunchSpec, pid: int) -> None:
+        """No pid namespace here. The launcher's supervisor kills the command's process group
+        on SIGTERM; without a launcher (preexec) the command leads its own group: kill that."""
+        if spec.supervisor:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        else:
+            kill_session(pid)
 
-    def cleanup(self, pid: int) -> None:
-        kill_session(pid)
+    def cleanup(self, spec: LaunchSpec, pid: int) -> None:
+        if not spec.supervisor:  # the supervisor already did, before it exited
+            kill_session(pid)
 
 
 def kill_session(sid: int) -> None:

@@ -13,6 +13,10 @@
  * PROG; on success exec closes it (it is made close-on-exec here, because subprocess's
  * pass_fds clears that flag) and the parent reads nothing. RULESET_FD or SECCOMP_FD -1 skips
  * that step (tests). None of the three fds is left open in PROG.
+ *
+ * PROG runs in a child of this program, in its own process group, while this program
+ * supervises it (see supervise()): a Landlock sandbox has no pid namespace whose end would
+ * take every process with it, so this is what ends them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +29,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef SYS_landlock_restrict_self
@@ -85,6 +90,34 @@ static void install_seccomp(int fd) {
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) fail("seccomp", errno);
 }
 
+/* The supervisor: stays outside the sandbox (Landlock-scoped signals cannot reach it), waits
+ * for the command, and kills the command's whole process group when the command ends or when
+ * stockade goes away (PR_SET_PDEATHSIG delivers SIGTERM here), so nothing the command started
+ * outlives it -- not even if stockade is killed with SIGKILL. It exits with the command's
+ * status, a signal death as 128+N. The group id stays reserved while any member lives, so the
+ * kill can never hit an unrelated process. */
+static int supervise(pid_t child) {
+    sigset_t wanted;
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGCHLD);
+    for (;;) {
+        int status;
+        pid_t done = waitpid(child, &status, WNOHANG);
+        if (done == child) {
+            kill(-child, SIGKILL); /* whatever it left running */
+            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+        }
+        int sig = sigwaitinfo(&wanted, NULL);
+        if (sig == SIGTERM) {
+            kill(-child, SIGKILL);
+            while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+            }
+            return 128 + SIGKILL;
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     int fds[3];
     if (argc < 5 || !parse_fd(argv[1], &fds[0]) || !parse_fd(argv[2], &fds[1]) ||
@@ -99,8 +132,26 @@ int main(int argc, char **argv) {
     }
     pid_t parent = getppid();
     if (setsid() < 0) fail("setsid", errno);
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("pdeathsig", errno);
+    sigset_t blocked, old;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &blocked, &old) != 0) fail("sigprocmask", errno);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0) fail("pdeathsig", errno);
     if (parent_gone(parent)) fail("parent", ESRCH);
+    pid_t supervisor = getpid();
+    pid_t child = fork();
+    if (child < 0) fail("fork", errno);
+    if (child > 0) {
+        close(status_fd); /* the command's copy reports; ours would hold the pipe open */
+        if (fds[1] >= 0) close(fds[1]);
+        if (fds[2] >= 0) close(fds[2]);
+        return supervise(child);
+    }
+    if (sigprocmask(SIG_SETMASK, &old, NULL) != 0) fail("sigprocmask", errno);
+    if (setpgid(0, 0) != 0) fail("setpgid", errno); /* its own group: the one that gets killed */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("pdeathsig", errno);
+    if (getppid() != supervisor) fail("parent", ESRCH);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs", errno);
     if (fds[1] >= 0) {
         if (syscall(SYS_landlock_restrict_self, fds[1], 0) != 0) fail("landlock_restrict_self", errno);

@@ -1,11 +1,13 @@
 """How the Landlock backend confines the command and never stockade itself: a launcher.
 
 The parent builds the Landlock ruleset (an fd) and the seccomp program; `llexec` (llexec.c,
-compiled on first use into stockade's state directory) is spawned with them, applies setsid,
-PR_SET_PDEATHSIG, no_new_privs, landlock_restrict_self and the filter to itself, and execs the
-command. A static launcher keeps the common case fast: subprocess still uses vfork, and no
-Python runs between fork and exec. Without a C compiler, `preexec()` does the same steps in a
-preexec_fn (slower: it forces fork(), whose cost grows with the parent's memory).
+compiled on first use into stockade's state directory) is spawned with them; it starts a
+session, forks the command into its own process group with no_new_privs, landlock_restrict_self
+and the filter applied, and stays outside as the supervisor that kills that group when the
+command ends or stockade goes away. A static launcher keeps the common case fast: subprocess
+still uses vfork, and no Python runs between fork and exec. Without a C compiler, `preexec()`
+does the same steps in a preexec_fn (slower: it forces fork(), whose cost grows with the
+parent's memory; and there is no supervisor).
 
 PR_SET_PDEATHSIG follows the *thread* that spawned the command (as bwrap's --die-with-parent):
 spawn from a thread that outlives the command, or the command is killed when that thread ends.

@@ -111,8 +111,8 @@ class Sandboxed:
             if self.proc.poll() is None:
                 self.proc.kill()
             return
-        if self.proc.returncode is None:
-            self.backend.kill(self.proc.pid)
+        if self.proc.returncode is None and self.spec is not None:
+            self.backend.kill(self.spec, self.proc.pid)
 
     def finish(self) -> int:
         """Wait, tidy up, and return the command's exit status (128+N for a signal)."""
@@ -120,7 +120,7 @@ class Sandboxed:
         try:
             if self.backend is None or self.spec is None:
                 return 128 - rc if rc < 0 else rc
-            self.backend.cleanup(self.proc.pid)  # what the command left running in the background
+            self.backend.cleanup(self.spec, self.proc.pid)  # what the command left running in the background
             code = self.backend.finish(self.spec, rc)
         finally:
             self._placeholders.__exit__(None, None, None)

@@ -206,6 +206,7 @@ BAD_CONFIGS = [
     ('profle = "p"\n', "profle", "did you mean 'profile'"),
     ("[profiles.p\n", "extra.toml", "invalid TOML"),
     ("[profiles.p]\nglob_scan_max_depth = 0\n", "glob_scan_max_depth", "1 to 64"),
+    ('[profiles.p]\nbackend = "landlok"\n', "profiles.p.backend", "did you mean 'landlock'"),
 ]
 
 

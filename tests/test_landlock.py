@@ -279,3 +279,21 @@ def test_nothing_outlives_a_stockade_killed_with_sigkill(
         time.sleep(0.05)
     subprocess.run(["pkill", "-9", "-f", pattern], check=False)
     pytest.fail(f"processes outlived a killed stockade: {left.stdout}")
+
+
+def test_a_kept_ruleset_is_rebuilt_when_a_granted_directory_is_replaced() -> None:
+    """The ruleset fd is reused between commands; its rules hold inodes, so a directory
+    replaced in between (same path, new inode) must get a fresh ruleset, or writes fail."""
+    work = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        (work / "ll.toml").write_text(PROFILE)
+        tmpdir = work / "tmp"
+        env = {**os.environ, "TMPDIR": str(tmpdir)}
+        opts = {"cwd": work, "backend": "landlock", "config": str(work / "ll.toml"), "profile": "ll"}
+        for round_ in range(2):
+            tmpdir.mkdir()
+            done = stockade.run(["sh", "-c", 'echo x > "$TMPDIR/f" && echo ok'], host_env=env, **opts)
+            assert done.stdout == "ok\n", (round_, done.stderr)
+            shutil.rmtree(tmpdir)
+    finally:
+        shutil.rmtree(work)

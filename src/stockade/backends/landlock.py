@@ -25,6 +25,7 @@ import os
 import signal
 import stat
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
@@ -212,11 +213,21 @@ def build_fd(ruleset: Ruleset) -> int:
     return fd
 
 
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class LandlockBackend:
     name = "landlock"
 
     def __init__(self, max_abi: int | None = None) -> None:
         self._last: tuple[Plan, Ruleset] | None = None
+        self._fd: tuple[object, object, int] | None = None  # (ruleset key, inodes, fd)
+        self._lock = threading.Lock()
         abi = kernel_abi()
         cap = max_abi if max_abi is not None else int(os.environ.get("STOCKADE_LANDLOCK_MAX_ABI", "0") or 0)
         self.abi = min(abi, cap) if cap else abi
@@ -243,12 +254,28 @@ class LandlockBackend:
             self._last = (plan, translate(plan, self.abi))
         return self._last[1]
 
+    def _ruleset_fd(self, ruleset: Ruleset) -> int:
+        """The ruleset as an fd, kept for the next command while it would be built the same.
+
+        Rules hold inodes, so "the same" means the same rules on the same inodes: every path is
+        stat'ed again (cheap next to building: about a quarter of the time, measured).
+        """
+        key = (ruleset.handled_fs, ruleset.handled_net, ruleset.scoped, tuple(ruleset.rules))
+        stamps = tuple(_inode(path) for path, _ in ruleset.rules)
+        with self._lock:  # each launch gets its own dup: replacing the cache never pulls it away
+            if self._fd is None or self._fd[0] != key or self._fd[1] != stamps:
+                fd = build_fd(ruleset)
+                if self._fd is not None:
+                    os.close(self._fd[2])
+                self._fd = (key, stamps, fd)
+            return os.dup(self._fd[2])
+
     def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
         from . import llexec
 
         ruleset = self._translated(plan)
         bpf = seccomp.build_filter(network=plan.network == "on", shared_host=True)
-        ruleset_fd = build_fd(ruleset)
+        ruleset_fd = self._ruleset_fd(ruleset)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         launcher = llexec.launcher()
         if launcher is None:  # no compiler here: the slower fork path, with the same steps

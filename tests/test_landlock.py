@@ -73,6 +73,9 @@ def test_reads_writes_and_denies(who: Who, workspace: Path, setup: tuple[Path, P
         "touch /etc/stockade-probe",
         "ls /dev/shm",
         "unshare -U true",
+        "mknod /tmp/disk b 7 0",  # root powers Landlock does not mediate: none are left
+        "hostname stockade-probe",
+        "chown 65534 /tmp",
     ]
     script = "".join(f"{a}; echo rc=$?; " for a in attempts)
     script += f"cat ~/notes.txt; echo; {who.python} -c '{TOOLS}'"
@@ -165,6 +168,9 @@ def test_an_older_abi_is_refused_never_weakened(
         done = who.sandbox("echo ran", workspace, *flags, env=env)
         assert done.returncode == 2 and "ran" not in done.stdout
         assert f"Landlock ABI {abi} is too old" in done.stderr, done.stderr
+    done = who.sandbox("echo ran", workspace, *flags, env={"HOME": str(home), "STOCKADE_LANDLOCK_MAX_ABI": "six"})
+    assert done.returncode == 2 and "ran" not in done.stdout and "Traceback" not in done.stderr
+    assert "STOCKADE_LANDLOCK_MAX_ABI='six' is not a Landlock ABI" in done.stderr, done.stderr
 
 
 def test_auto_picks_landlock_where_namespaces_are_refused(

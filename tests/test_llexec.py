@@ -94,9 +94,11 @@ SCRIPT = r"""
 echo x > "$OUT/from-inside"; echo "outside=$?"
 echo x > "$IN/from-inside"; echo "inside=$?"
 unshare -U true; echo "unshare=$?"
-printf fds=; ls /proc/$$/fd | sort -n | tr '\n' ,; echo  # no $(...): its pipe is an fd of sh
+(ls /proc/$$/fd > "$IN/fds")  # in a subshell: no pipe or saved fd of sh while ls looks
+printf fds=; sort -n "$IN/fds" | tr '\n' ,; echo
 echo "sid=$(cut -d' ' -f6 /proc/$$/stat) pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$"
-grep -E '^(NoNewPrivs|Seccomp):' /proc/$$/status | tr -d '\t'
+grep -E '^(NoNewPrivs|Seccomp|CapPrm|CapEff|CapBnd|CapAmb):' /proc/$$/status | tr -d '\t'
+mknod "$IN/disk" b 7 0 2>/dev/null; echo "mknod=$?"
 """
 
 
@@ -179,7 +181,7 @@ def observed(request: pytest.FixtureRequest, who: Who) -> dict:
         inside, outside = who.mkdtemp("in-"), who.mkdtemp("out-")
         done = drive(who, "run", request.param, str(inside), str(outside))
         assert done.returncode == 0, done.stderr
-        _scenarios[key] = {"mode": request.param, **json.loads(done.stdout)}
+        _scenarios[key] = {"mode": request.param, "who": who.name, **json.loads(done.stdout)}
     return _scenarios[key]
 
 
@@ -190,6 +192,16 @@ def test_ruleset_and_filter_confine_the_command(observed: dict) -> None:
     assert confined["inside"] == "0"
     assert confined["unshare"] != "0", "the seccomp filter must refuse new namespaces"
     assert confined["NoNewPrivs"] == "1" and confined["Seccomp"] == "2"
+
+
+def test_no_capability_survives_even_for_root(observed: dict) -> None:
+    """Landlock does not mediate chown, mknod or sethostname: a root command keeps nothing."""
+    for case in ("confined", "seccomp_only"):
+        got = observed[case]
+        assert got["CapPrm"] == got["CapEff"] == got["CapAmb"] == "0000000000000000", got
+        assert got["mknod"] != "0", "a device node (the host's disks) must not be creatable"
+        if observed["who"] == "root":
+            assert got["CapBnd"] == "0000000000000000", got
 
 
 def test_seccomp_alone_when_no_ruleset(observed: dict) -> None:

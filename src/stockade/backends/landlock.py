@@ -39,6 +39,7 @@ CREATE_RULESET_VERSION = 1
 RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
 
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+MAKE_CHAR, MAKE_BLOCK = 1 << 6, 1 << 11  # device nodes: never granted (the disks are devices)
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}  # ABI 5+: below
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
@@ -79,7 +80,7 @@ class Ruleset:
 def translate(plan: Plan, abi: int) -> Ruleset:
     """Plan -> Ruleset, exactly or not at all: UnsupportedPolicy lists every rule it cannot hold."""
     handled = fs_rights(abi)
-    write = handled
+    write = handled & ~(MAKE_CHAR | MAKE_BLOCK)
     rights = {"read": READ, "write": write, "deny": 0}
     entries = {r.path: r for r in plan.rules}
     state = find_state_dir()
@@ -221,6 +222,22 @@ def _inode(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _abi_cap(text: str) -> int:
+    """STOCKADE_LANDLOCK_MAX_ABI (tests simulate older kernels with it): empty means no cap."""
+    if not text.strip():
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise SandboxUnavailable(
+            f"STOCKADE_LANDLOCK_MAX_ABI={text!r} is not a Landlock ABI version (1, 2, ...); "
+            "unset it to use the kernel's"
+        )
+    return value
+
+
 class LandlockBackend:
     name = "landlock"
 
@@ -229,7 +246,7 @@ class LandlockBackend:
         self._fd: tuple[object, object, int] | None = None  # (ruleset key, inodes, fd)
         self._lock = threading.Lock()
         abi = kernel_abi()
-        cap = max_abi if max_abi is not None else int(os.environ.get("STOCKADE_LANDLOCK_MAX_ABI", "0") or 0)
+        cap = max_abi if max_abi is not None else _abi_cap(os.environ.get("STOCKADE_LANDLOCK_MAX_ABI", ""))
         self.abi = min(abi, cap) if cap else abi
         if abi < 1:
             raise SandboxUnavailable(

@@ -21,12 +21,14 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/securebits.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -71,6 +73,32 @@ static int parent_gone(pid_t parent) {
      * of the status pipe, so a pipe with no reader left means stockade is gone. */
     struct pollfd p = {.fd = status_fd, .events = POLLOUT};
     return status_fd > 2 && poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+}
+
+/* Give up every capability for good. Without namespaces a root command would keep real root
+ * powers that Landlock does not mediate: chown and chmod of any file, mknod of the host's
+ * disks, sethostname, ... Permitted, effective and inheritable sets are cleared, and so are the
+ * ambient set and (when we may) the bounding set, with securebits locked so that exec'ing as
+ * uid 0 grants nothing back (no_new_privs would already cap it at what we hold: nothing). */
+static void drop_capabilities(void) {
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        fail("clear ambient capabilities", errno);
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &head, data) != 0) fail("capget", errno);
+    if (data[0].effective & (1u << CAP_SETPCAP)) {
+        int bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                   SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                   SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+        if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0) fail("securebits", errno);
+        for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) fail("drop bounding capability", errno);
+    }
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &head, data) != 0) fail("capset", errno);
+    if (syscall(SYS_capget, &head, data) != 0) fail("capget", errno);
+    if (data[0].permitted | data[1].permitted | data[0].effective | data[1].effective)
+        fail("capabilities still held", EPERM);
 }
 
 static void install_seccomp(int fd) {
@@ -152,6 +180,7 @@ int main(int argc, char **argv) {
     if (setpgid(0, 0) != 0) fail("setpgid", errno); /* its own group: the one that gets killed */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("pdeathsig", errno);
     if (getppid() != supervisor) fail("parent", ESRCH);
+    drop_capabilities();
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs", errno);
     if (fds[1] >= 0) {
         if (syscall(SYS_landlock_restrict_self, fds[1], 0) != 0) fail("landlock_restrict_self", errno);

@@ -29,6 +29,9 @@ from ..state import find_state_dir
 SOURCE = Path(__file__).with_name("llexec.c")
 SYS_LANDLOCK_RESTRICT_SELF = 446  # the same number on every architecture
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+CAP_SETPCAP, CAPABILITY_VERSION_3 = 8, 0x20080522
+SECUREBITS_LOCKED_DOWN = 0xFF  # noroot, no_setuid_fixup, keep_caps locked; no ambient raise
 SECCOMP_MODE_FILTER = 2
 SIGKILL, ESRCH = 9, 3
 PROBE = "/nonexistent/llexec-probe"  # the post-build check execs this and expects ENOENT
@@ -198,6 +201,16 @@ def preexec(ruleset_fd: int, bpf: bytes, *, status_fd: int | None = None) -> Cal
     # Assigned through a ctypes pointer, so `prog` keeps `insns` alive as long as the function.
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(insns, ctypes.POINTER(ctypes.c_char)))
     seccomp = (ctypes.c_int(PR_SET_SECCOMP), ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), zero, zero)
+    capset, header = libc.capset, (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    no_caps = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2 words, all zero
+    held = (ctypes.c_uint32 * 6)()
+    if libc.capget(header, held) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    may_lock = bool(held[0] & (1 << CAP_SETPCAP))  # root: lock securebits, empty the bounding set
+    with open("/proc/sys/kernel/cap_last_cap") as fh:
+        bounding = [(ctypes.c_int(PR_CAPBSET_DROP), ulong(cap), zero, zero, zero) for cap in range(int(fh.read()) + 1)]
+    ambient = (ctypes.c_int(PR_CAP_AMBIENT), ulong(PR_CAP_AMBIENT_CLEAR_ALL), zero, zero, zero)
+    securebits = (ctypes.c_int(PR_SET_SECUREBITS), ulong(SECUREBITS_LOCKED_DOWN), zero, zero, zero)
     parent = os.getpid()
     ctypes.set_errno(0)  # creates ctypes' per-thread errno slot now, not in the child
     get_errno, strerror, write = ctypes.get_errno, os.strerror, os.write
@@ -214,6 +227,16 @@ def preexec(ruleset_fd: int, bpf: bytes, *, status_fd: int | None = None) -> Cal
             fail("pdeathsig", get_errno())
         if getppid() != parent:
             fail("parent", ESRCH)
+        # As llexec's drop_capabilities(): a root command keeps no capability at all.
+        prctl(*ambient)
+        if may_lock:
+            if prctl(*securebits) != 0:
+                fail("securebits", get_errno())
+            for args in bounding:
+                if prctl(*args) != 0:
+                    fail("drop bounding capability", get_errno())
+        if capset(header, no_caps) != 0:
+            fail("capset", get_errno())
         if prctl(*nnp) != 0:
             fail("no_new_privs", get_errno())
         if ruleset_fd >= 0:

@@ -168,7 +168,8 @@ def test_an_older_abi_is_refused_never_weakened(
         done = who.sandbox("echo ran", workspace, *flags, env=env)
         assert done.returncode == 2 and "ran" not in done.stdout
         assert f"Landlock ABI {abi} is too old" in done.stderr, done.stderr
-    done = who.sandbox("echo ran", workspace, *flags, env={"HOME": str(home), "STOCKADE_LANDLOCK_MAX_ABI": "six"})
+    env = {"HOME": str(home), "STOCKADE_LANDLOCK_MAX_ABI": "six"}
+    done = who.sandbox("echo ran", workspace, *flags, env=env)
     assert done.returncode == 2 and "ran" not in done.stdout and "Traceback" not in done.stderr
     assert "STOCKADE_LANDLOCK_MAX_ABI='six' is not a Landlock ABI" in done.stderr, done.stderr
 

@@ -333,12 +333,7 @@ def _walk(
             continue
         stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
         hit = cache.get(directory)
-        if (
-            hit is not None
-            and hit[0] == stamp
-            and hit[2] == depth
-            and (hit[1] is states or hit[1] == states)
-        ):
+        if hit is not None and hit[0] == stamp and hit[2] == depth and (hit[1] is states or hit[1] == states):
             matches, subdirs = hit[3], hit[4]
         else:
             step = steps.get((states, depth + 1)) or _step(states, depth + 1)

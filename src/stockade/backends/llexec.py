@@ -208,7 +208,8 @@ def preexec(ruleset_fd: int, bpf: bytes, *, status_fd: int | None = None) -> Cal
         raise OSError(ctypes.get_errno(), "capget failed")
     may_lock = bool(held[0] & (1 << CAP_SETPCAP))  # root: lock securebits, empty the bounding set
     with open("/proc/sys/kernel/cap_last_cap") as fh:
-        bounding = [(ctypes.c_int(PR_CAPBSET_DROP), ulong(cap), zero, zero, zero) for cap in range(int(fh.read()) + 1)]
+        last_cap = int(fh.read())
+    bounding = [(ctypes.c_int(PR_CAPBSET_DROP), ulong(cap), zero, zero, zero) for cap in range(last_cap + 1)]
     ambient = (ctypes.c_int(PR_CAP_AMBIENT), ulong(PR_CAP_AMBIENT_CLEAR_ALL), zero, zero, zero)
     securebits = (ctypes.c_int(PR_SET_SECUREBITS), ulong(SECUREBITS_LOCKED_DOWN), zero, zero, zero)
     parent = os.getpid()

@@ -9,6 +9,7 @@ identity is skipped (there is no root to be).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pwd
@@ -49,6 +50,7 @@ class Who:
     python: str
     base_env: dict[str, str] = field(default_factory=dict)
     created: list[Path] = field(default_factory=list)
+    backend: str | None = None  # `stockade run/explain` get --backend this (see `backend`)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**self.base_env, **(extra or {})}
@@ -88,6 +90,8 @@ class Who:
         input: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
+        if self.backend and args and args[0] in ("run", "explain"):
+            args = (args[0], "--backend", self.backend, *args[1:])
         return self.run([self.python, "-m", "stockade", *args], cwd, env=env, input=input, timeout=timeout)
 
     def sandbox(
@@ -219,6 +223,20 @@ def who(request: pytest.FixtureRequest, identities: dict[str, Who]) -> Who:
     if request.param not in identities:
         pytest.skip("not running as root: the unprivileged identity covers this run")
     return identities[request.param]
+
+
+BACKENDS = ("bwrap", "landlock")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """For modules whose enforcement tests run on every Linux backend: they override `who`
+    with `backend_who(who, backend)`, and every `stockade run` then names the backend."""
+    return str(request.param)
+
+
+def backend_who(who: Who, backend: str) -> Who:
+    return dataclasses.replace(who, backend=backend)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from conftest import Who, failed
+import pytest
+from conftest import Who, backend_who, failed
 
 WRITES = textwrap.dedent(
     """
@@ -36,6 +37,12 @@ WRITES = textwrap.dedent(
     print("ALL-WRITES-OK")
     """
 )
+
+
+@pytest.fixture
+def who(who: Who, backend: str) -> Who:
+    """Every test here runs on both Linux backends (and as root and as a user)."""
+    return backend_who(who, backend)
 
 
 def test_real_tool_writes_work_in_root_writable_and_tmp(who: Who, workspace: Path) -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Who, failed
+from conftest import Who, backend_who, failed
 
 COMMIT = "echo change >> README.md && git add -A && git commit -qm agent && git log --oneline | wc -l"
+
+
+@pytest.fixture
+def who(who: Who, backend: str) -> Who:
+    """Every test here runs on both Linux backends (and as root and as a user)."""
+    return backend_who(who, backend)
 
 
 def test_commit_branch_stash_in_the_repo(who: Who, repo: Path) -> None:

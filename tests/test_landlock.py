@@ -150,13 +150,23 @@ def test_the_stockade_process_itself_stays_unrestricted() -> None:
 
 def test_plans_it_cannot_hold_are_refused_with_the_reason(who: Who, workspace: Path) -> None:
     marker = workspace / "ran"
-    done = who.stockade("run", "--backend", "landlock", "--", "touch", str(marker), cwd=workspace)
+    flags = ("run", "--backend", "landlock")
+    # A private /tmp needs a mount: stricter instead, /tmp is hidden and TMPDIR is a fresh
+    # private directory, removed when the command ends.
+    script = f"touch {marker}; echo rc=$?; ls /tmp; echo rc=$?; echo kept > $TMPDIR/f && echo $TMPDIR"
+    done = who.sandbox(script, workspace, "--backend", "landlock", "--profile", "read-only")
+    assert failed(done, 2, then=[done.stdout.split()[-1]]), done.stdout + done.stderr
+    private = done.stdout.split()[-1]
+    assert private.startswith("/tmp/stockade-tmp-") and not os.path.exists(private)
+    # No compiler, so no launcher and no guard: protected metadata inside the writable workspace
+    # cannot be held, so the default profile is refused (never run without the protection).
+    xdg, bindir = who.mkdtemp("state-"), who.mkdtemp("bin-")
+    env = {"XDG_STATE_HOME": str(xdg), "PATH": str(bindir)}
+    done = who.stockade(*flags, "--", "/usr/bin/touch", str(marker), cwd=workspace, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "inside writable" in done.stderr and ".stockade" in done.stderr, done.stderr
-    assert "nothing was run" in done.stderr
+    assert "only the launcher's guard keeps it narrower" in done.stderr and ".stockade" in done.stderr
+    assert "no C compiler" in done.stderr and "nothing was run" in done.stderr, done.stderr
     assert not marker.exists()
-    done = who.stockade("run", "--backend", "landlock", "--profile", "read-only", "--", "true", cwd=workspace)
-    assert done.returncode == 2 and "private tmpfs" in done.stderr, done.stderr
 
 
 def test_an_older_abi_is_refused_never_weakened(

@@ -287,6 +287,8 @@ def test_no_compiler_means_no_launcher_and_a_reason(who: Who) -> None:
 
 
 def test_spec_argv_needs_a_command() -> None:
-    assert llexec.spec_argv("/l", 5, 6, 7, ["true", "x"]) == ["/l", "5", "6", "7", "true", "x"]
+    assert llexec.spec_argv("/l", 5, 6, 7, ["true", "x"]) == ["/l", "5", "6", "7", "-1", "-1", "true", "x"]
+    argv = llexec.spec_argv("/l", 5, 6, 7, ["true"], guard_fd=8, supervisor_ruleset_fd=9)
+    assert argv == ["/l", "5", "6", "7", "8", "9", "true"]
     with pytest.raises(ValueError):
         llexec.spec_argv("/l", 5, 6, 7, [])

@@ -301,17 +301,21 @@ def test_python_api_refuses_bad_input_before_running(api_dir: Path) -> None:
 
 def test_missing_bwrap_refuses_with_the_doctors_explanation(who: Who, workspace: Path) -> None:
     marker = workspace / "marker"
-    done = who.stockade(
-        "run", "--", "touch", str(marker), cwd=workspace, env={"STOCKADE_BWRAP": "/nonexistent/bwrap"}
-    )
+    env = {"STOCKADE_BWRAP": "/nonexistent/bwrap"}
+    done = who.stockade("run", "--backend", "bwrap", "--", "touch", str(marker), cwd=workspace, env=env)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "bwrap" in done.stderr and "fix:" in done.stderr, done.stderr
     assert "/nonexistent/bwrap" in done.stderr
     assert "Traceback" not in done.stderr
     assert not marker.exists(), "the command ran without a sandbox"
-    # And the same command does run when the sandbox is available (so the marker check can fail).
-    assert who.stockade("run", "--", "touch", str(marker), cwd=workspace).returncode == 0
-    assert marker.exists()
+    # `auto` falls back to Landlock, which still confines it: inside the workspace only.
+    outside = who.mkdtemp("outside-") / "marker"
+    script = f"touch {marker}; echo rc=$?; touch {outside}; echo rc=$?"
+    done = who.stockade("explain", cwd=workspace, env=env)
+    assert done.returncode == 0 and "landlock" in done.stdout.split("\n", 2)[1], done.stdout
+    done = who.stockade("run", "--", "sh", "-c", script, cwd=workspace, env=env)
+    assert done.stdout.split() == ["rc=0", "rc=1"], (done.stdout, done.stderr)
+    assert marker.exists() and not outside.exists()
 
 
 def _bwrap_for(who: Who, cwd: Path) -> str:

@@ -16,11 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Who, failed
+from conftest import Who, backend_who, failed
 
 import stockade
 from stockade import ConfigError
 from stockade.cli import render_plan
+
+
+@pytest.fixture
+def who(who: Who, backend: str) -> Who:
+    """Every test here runs on both Linux backends (and as root and as a user)."""
+    return backend_who(who, backend)
 
 
 def write(path: Path, text: str = "x", mode: int = 0o644) -> Path:

@@ -168,16 +168,24 @@ def _backend_line(plan: Any) -> str:
 
     try:
         chosen = select_backend(plan)
-        line = chosen.describe() + ("" if plan.backend == "auto" else f" (asked for: {plan.backend})")
     except StockadeError as exc:
         return f"UNAVAILABLE: {exc}"
-    if chosen.name == "bwrap":
-        from .backends.landlock import MIN_ABI, kernel_abi, translate
+    line = chosen.describe() + ("" if plan.backend == "auto" else f" (asked for: {plan.backend})")
+    try:
+        chosen.check(plan)
+    except StockadeError as exc:
+        return f"{line}\n          REFUSED: {exc}"
+    from .backends import llexec
+    from .backends.landlock import MIN_ABI, kernel_abi, translate
 
+    if chosen.name == "landlock":
+        guarded = translate(plan, kernel_abi(), guard=llexec.launcher() is not None).guarded
+        if guarded:
+            line += f"\n          {len(guarded)} entr(ies) inside writable directories held by the guard"
+    elif kernel_abi() >= MIN_ABI:
         try:
-            if kernel_abi() >= MIN_ABI:
-                translate(plan, kernel_abi())
-                line += "\n          landlock could hold this Plan too"
+            translate(plan, kernel_abi(), guard=llexec.launcher() is not None)
+            line += "\n          landlock could hold this Plan too"
         except StockadeError as exc:
             refused = "".join(f"\n            {r.strip()}" for r in str(exc).splitlines()[1:])
             line += "\n          landlock would refuse:" + refused

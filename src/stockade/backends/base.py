@@ -22,6 +22,7 @@ class LaunchSpec:
     close_after_spawn: list[int] = field(default_factory=list)
     preexec: Callable[[], None] | None = None  # only where no launcher binary can be used
     supervisor: bool = False  # the spawned process ends the whole sandbox when sent SIGTERM
+    remove_after: list[str] = field(default_factory=list)  # private directories made for this run
 
     def after_spawn(self) -> None:
         for fd in self.close_after_spawn:

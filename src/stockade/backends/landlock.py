@@ -6,10 +6,13 @@ entries above it. A narrower entry under a *readable* directory (`~/.ssh` denied
 built by granting the directory's other children instead, recursively along the path to the
 narrower entry; the directories on that path are then not listable and files created in them
 later are not readable (stricter, never weaker). A narrower entry under a *writable* directory
-cannot be built: a new file in that directory can only be written through a grant on the
-directory, which would cover the narrower entry too (tested on this kernel: create succeeds,
-open for write fails with EACCES). Such Plans are refused with the reason, never weakened; so
-is a private /tmp, which needs a mount.
+cannot be built that way: a new file there can only be written through a grant on the
+directory, which would cover the narrower entry too. Those entries are *guarded* instead: the
+launcher's supervisor performs the command's writes (and, when something is denied, its opens)
+and refuses what touches a guarded entry (guard.c). Landlock does not mediate chmod, chown,
+utimes or xattrs at all; the guard refuses those outside the Plan's write entries. Without the
+launcher (no C compiler) Plans with guarded entries are refused and those syscalls are refused
+outright. A private /tmp needs a mount, so it is refused.
 
 Nothing here runs in the stockade process itself: the ruleset is built here as an fd, and a
 tiny launcher (`llexec`) applies it, no-new-privs and the seccomp filter in the child, then
@@ -22,11 +25,13 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import stat
 import struct
+import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan
@@ -75,10 +80,29 @@ class Ruleset:
     scoped: int
     rules: list[tuple[str, int]] = field(default_factory=list)  # (path, allowed rights)
     notes: list[str] = field(default_factory=list)
+    writable: set[str] = field(default_factory=set)  # rule paths that are Plan write entries
+    guarded: list[tuple[str, int]] = field(default_factory=list)  # narrower inside writable: the guard's
+    pinned: list[str] = field(default_factory=list)  # never renamed or removed (.git)
+    scratch: str | None = None  # hidden; each command gets a private writable TMPDIR instead
+
+    def guard_entries(self) -> bytes:
+        """What the launcher's guard reads: NUL-separated KIND, RIGHTS, PATH records."""
+        records = [("W" if path in self.writable else "R", rights, path) for path, rights in self.rules]
+        records += [("G", rights, path) for path, rights in self.guarded]
+        records += [("P", 0, path) for path in self.pinned]
+        return b"".join(f"{k}\0{r}\0".encode() + os.fsencode(path) + b"\0" for k, r, path in records)
+
+    def for_supervisor(self) -> Ruleset:
+        """The supervisor performs the guarded operations under the same grants, and reads
+        /proc (a command's umask); it signals nothing outside its own command."""
+        return Ruleset(self.abi, self.handled_fs, self.handled_net, 0, [*self.rules, ("/proc", READ)])
 
 
-def translate(plan: Plan, abi: int) -> Ruleset:
-    """Plan -> Ruleset, exactly or not at all: UnsupportedPolicy lists every rule it cannot hold."""
+def translate(plan: Plan, abi: int, *, guard: bool = True) -> Ruleset:
+    """Plan -> Ruleset, exactly or not at all: UnsupportedPolicy lists every rule it cannot hold.
+
+    `guard`: the launcher's guard is available to keep entries narrower inside writable ones.
+    """
     handled = fs_rights(abi)
     write = handled & ~(MAKE_CHAR | MAKE_BLOCK)
     rights = {"read": READ, "write": write, "deny": 0}
@@ -90,52 +114,79 @@ def translate(plan: Plan, abi: int) -> Ruleset:
     # /proc's files that are not other processes (cpuinfo, meminfo, sys, ...), added below.
     entries.setdefault("/dev", _synthetic("/dev", "host devices (only null, zero, tty, ... inside)"))
     entries.setdefault("/proc", _synthetic("/proc", "host processes (only /proc's system files inside)"))
+    placeholders = {p.path for p in plan.placeholders}
     problems: list[str] = []
     holes: dict[str, set[str]] = {}  # readable entry -> narrower entries below it
+    out = Ruleset(abi, handled, 0, 0)
     for path, rule in sorted(entries.items()):
         if rule.kind == "scratch":
-            problems.append(
-                f"{path}: a private tmpfs needs a mount namespace; grant a writable tmp instead "
-                "(:tmpdir or :slash_tmp)"
-            )
+            # A private tmpfs needs a mount namespace. Stricter instead: the path is hidden and
+            # each command gets a fresh private directory as TMPDIR, removed when it ends.
+            if path != "/tmp":
+                problems.append(f"{path}: a private tmpfs needs a mount namespace")
+                continue
+            out.scratch = path
+            entries[path] = rule = _synthetic(path, "private tmp (TMPDIR is a fresh directory)")
+        above = _entries_above(entries, path)
+        inside = next((a for a in above if a.access == "write"), None)
+        if rule.access != "write" and inside is not None:
+            where = f"{path} ({rule.access}, {rule.reason}) is inside writable {inside.path}"
+            if not guard:
+                problems.append(f"{where}: only the launcher's guard keeps it narrower")
+            elif not _exists_at_launch(path, placeholders):
+                problems.append(f"{where}: neither it nor its parent exists, for the guard to hold")
+            else:
+                out.guarded.append((path, rights[rule.access]))
             continue
         # A grant covers everything beneath it: every wider entry above must go around this one.
-        for above in _entries_above(entries, path):
-            if rights[rule.access] & rights[above.access] == rights[above.access]:
-                continue
-            if above.access == "write":
-                problems.append(
-                    f"{path} ({rule.access}, {rule.reason}) is inside writable {above.path}: "
-                    "Landlock cannot keep it narrower without making new files there unwritable"
-                )
-                break
-            holes.setdefault(above.path, set()).add(path)
+        for a in above:
+            if rights[rule.access] & rights[a.access] != rights[a.access]:
+                holes.setdefault(a.path, set()).add(path)
     if problems:
+        if not guard and any("launcher's guard" in p for p in problems):
+            problems.append(f"there is no launcher: {guard_missing()}")
         raise UnsupportedPolicy(
             "the Landlock backend cannot enforce this Plan exactly:\n  " + "\n  ".join(problems)
         )
-    out = Ruleset(abi, handled, 0, 0)
+    guarded = {path for path, _ in out.guarded}
     for path, rule in sorted(entries.items()):
         allowed = rights[rule.access]
-        if not allowed:
+        if rule.pinned:
+            out.pinned.append(path)
+        if not allowed or path in guarded:
             continue
+        if rule.access == "write":
+            out.writable.add(path)
         if path in holes:
             _grant_around(path, allowed, holes[path], out)
         else:
             out.rules.append((path, allowed))
+    if out.guarded:
+        out.notes.append(f"{len(out.guarded)} entr(ies) inside writable directories held by the guard")
     if plan.access("/proc") in ("read", "write"):
         for entry in os.scandir("/proc"):  # a process's own /proc/self is not reachable either
             if not entry.name.isdigit() and not entry.is_symlink():
                 out.rules.append((entry.path, READ if entry.is_dir() else READ & FILE_ONLY))
-    if plan.access("/dev") is not None:
-        for device in DEVICES:
-            if os.path.exists(device):
-                out.rules.append((device, READ | WRITE_FILE | (IOCTL_DEV if abi >= 5 else 0)))
+    for device in DEVICES:  # as bubblewrap's fresh /dev: every sandbox has null, zero, tty, ...
+        if os.path.exists(device):
+            out.rules.append((device, READ | WRITE_FILE | (IOCTL_DEV if abi >= 5 else 0)))
     if plan.network != "on" and abi >= 4:
         out.handled_net = NET_BIND_TCP | NET_CONNECT_TCP  # no port is allowed: all TCP refused
     if abi >= 6:
         out.scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL
     return out
+
+
+def guard_missing() -> str:
+    from . import llexec
+
+    return llexec.launcher_problem() or "the launcher is unavailable"
+
+
+def _exists_at_launch(path: str, placeholders: set[str]) -> bool:
+    """The guard holds inodes: the path, or at least its parent, must exist when it starts."""
+    parent = os.path.dirname(path)
+    return any(os.path.lexists(p) or p in placeholders for p in (path, parent))
 
 
 def _synthetic(path: str, reason: str) -> PathRule:
@@ -214,6 +265,14 @@ def build_fd(ruleset: Ruleset) -> int:
     return fd
 
 
+def _memfd(name: str, data: bytes) -> int:
+    """An fd the launcher reads `data` from (a pipe could fill up before anyone reads it)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def _inode(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -243,7 +302,7 @@ class LandlockBackend:
 
     def __init__(self, max_abi: int | None = None) -> None:
         self._last: tuple[Plan, Ruleset] | None = None
-        self._fd: tuple[object, object, int] | None = None  # (ruleset key, inodes, fd)
+        self._fds: dict[str, tuple[object, object, int]] = {}  # role -> (ruleset key, inodes, fd)
         self._lock = threading.Lock()
         abi = kernel_abi()
         cap = max_abi if max_abi is not None else _abi_cap(os.environ.get("STOCKADE_LANDLOCK_MAX_ABI", ""))
@@ -267,11 +326,13 @@ class LandlockBackend:
 
     def _translated(self, plan: Plan) -> Ruleset:
         """check() then launch() translate the same Plan: do it once."""
+        from . import llexec
+
         if self._last is None or self._last[0] is not plan:
-            self._last = (plan, translate(plan, self.abi))
+            self._last = (plan, translate(plan, self.abi, guard=llexec.launcher() is not None))
         return self._last[1]
 
-    def _ruleset_fd(self, ruleset: Ruleset) -> int:
+    def _ruleset_fd(self, ruleset: Ruleset, role: str) -> int:
         """The ruleset as an fd, kept for the next command while it would be built the same.
 
         Rules hold inodes, so "the same" means the same rules on the same inodes: every path is
@@ -280,37 +341,52 @@ class LandlockBackend:
         key = (ruleset.handled_fs, ruleset.handled_net, ruleset.scoped, tuple(ruleset.rules))
         stamps = tuple(_inode(path) for path, _ in ruleset.rules)
         with self._lock:  # each launch gets its own dup: replacing the cache never pulls it away
-            if self._fd is None or self._fd[0] != key or self._fd[1] != stamps:
+            kept = self._fds.get(role)
+            if kept is None or kept[0] != key or kept[1] != stamps:
                 fd = build_fd(ruleset)
-                if self._fd is not None:
-                    os.close(self._fd[2])
-                self._fd = (key, stamps, fd)
-            return os.dup(self._fd[2])
+                if kept is not None:
+                    os.close(kept[2])
+                kept = self._fds[role] = (key, stamps, fd)
+            return os.dup(kept[2])
 
     def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
         from . import llexec
 
         ruleset = self._translated(plan)
-        bpf = seccomp.build_filter(network=plan.network == "on", shared_host=True)
-        ruleset_fd = self._ruleset_fd(ruleset)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        env, private = plan.env, None
+        if ruleset.scratch is not None:  # a fresh TMPDIR for this command, removed after it
+            private = tempfile.mkdtemp(prefix="stockade-tmp-", dir=ruleset.scratch)
+            ruleset = replace(
+                ruleset, rules=[*ruleset.rules, (private, fs_rights(self.abi) & ~(MAKE_CHAR | MAKE_BLOCK))]
+            )
+            ruleset.writable = {*ruleset.writable, private}
+            env = {**env, "TMPDIR": private}
         launcher = llexec.launcher()
+        network = plan.network == "on"
+        bpf = seccomp.build_filter(network=network, shared_host=True, refuse_metadata=not launcher)
+        ruleset_fd = self._ruleset_fd(ruleset, "command")
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         if launcher is None:  # no compiler here: the slower fork path, with the same steps
-            spec = LaunchSpec(argv=argv, env=plan.env, cwd=plan.cwd, status_fd=status_r)
+            spec = LaunchSpec(argv=argv, env=env, cwd=plan.cwd, status_fd=status_r)
             spec.preexec = llexec.preexec(ruleset_fd, bpf, status_fd=status_w)
             spec.close_after_spawn += [ruleset_fd, status_w]
+            spec.remove_after = [private] if private else []
             return spec
-        filter_r, filter_w = os.pipe()
-        os.write(filter_w, bpf)
-        os.close(filter_w)
+        supervisor_fd = self._ruleset_fd(ruleset.for_supervisor(), "supervisor")
+        filter_fd = _memfd("stockade-seccomp", bpf)
+        guard_fd = _memfd("stockade-guard", ruleset.guard_entries())
+        fds = (status_w, ruleset_fd, filter_fd, guard_fd, supervisor_fd)
         return LaunchSpec(
-            argv=llexec.spec_argv(launcher, status_w, ruleset_fd, filter_r, argv),
-            env=plan.env,
+            argv=llexec.spec_argv(
+                launcher, *fds[:3], argv, guard_fd=guard_fd, supervisor_ruleset_fd=supervisor_fd
+            ),
+            env=env,
             cwd=plan.cwd,
-            pass_fds=(status_w, ruleset_fd, filter_r),
+            pass_fds=fds,
             status_fd=status_r,
-            close_after_spawn=[status_w, ruleset_fd, filter_r],
+            close_after_spawn=list(fds),
             supervisor=True,
+            remove_after=[private] if private else [],
         )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
@@ -338,6 +414,8 @@ class LandlockBackend:
     def cleanup(self, spec: LaunchSpec, pid: int) -> None:
         if not spec.supervisor:  # the supervisor already did, before it exited
             kill_session(pid)
+        for path in spec.remove_after:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def kill_session(sid: int) -> None:

@@ -1,6 +1,6 @@
 /* llexec: confine itself with a Landlock ruleset and a seccomp filter, then exec the command.
  *
- *   llexec STATUS_FD RULESET_FD SECCOMP_FD PROG [ARGS...]
+ *   llexec STATUS_FD RULESET_FD SECCOMP_FD GUARD_FD SUPERVISOR_RULESET_FD PROG [ARGS...]
  *
  * Why a separate binary: the restrictions must reach the sandboxed command only, never the
  * stockade process, and applying them in a Python preexec_fn forces fork() (no vfork), runs
@@ -30,9 +30,13 @@
 #include <string.h>
 #include <linux/securebits.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "guard.h"
 
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446 /* the same number on every architecture */
@@ -118,39 +122,53 @@ static void install_seccomp(int fd) {
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) fail("seccomp", errno);
 }
 
-/* The supervisor: stays outside the sandbox (Landlock-scoped signals cannot reach it), waits
- * for the command, and kills the command's whole process group when the command ends or when
- * stockade goes away (PR_SET_PDEATHSIG delivers SIGTERM here), so nothing the command started
- * outlives it -- not even if stockade is killed with SIGKILL. It exits with the command's
- * status, a signal death as 128+N. The group id stays reserved while any member lives, so the
- * kill can never hit an unrelated process. */
-static int supervise(pid_t child) {
-    sigset_t wanted;
-    sigemptyset(&wanted);
-    sigaddset(&wanted, SIGTERM);
-    sigaddset(&wanted, SIGCHLD);
+/* The supervisor: stays outside the command's Landlock domain (a domain's scoped signals cannot
+ * reach an enclosing one), waits for the command, answers the guard's notifications, and kills
+ * the command's whole process group when the command ends or when stockade goes away
+ * (PR_SET_PDEATHSIG delivers SIGTERM here), so nothing the command started outlives it -- not
+ * even if stockade is killed with SIGKILL. It exits with the command's status, a signal death
+ * as 128+N. The group id stays reserved while any member lives, so the kill can never hit an
+ * unrelated process. */
+static int supervise(pid_t child, int signals, int listener) {
     for (;;) {
         int status;
-        pid_t done = waitpid(child, &status, WNOHANG);
-        if (done == child) {
-            kill(-child, SIGKILL); /* whatever it left running */
-            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-        }
-        int sig = sigwaitinfo(&wanted, NULL);
-        if (sig == SIGTERM) {
-            kill(-child, SIGKILL);
-            while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        pid_t done;
+        while ((done = waitpid(-1, &status, WNOHANG)) > 0) /* the command, or a guard helper */
+            if (done == child) {
+                kill(-child, SIGKILL); /* whatever it left running */
+                return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
             }
-            return 128 + SIGKILL;
+        struct pollfd p[2] = {{.fd = signals, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
+        if (poll(p, listener >= 0 ? 2 : 1, -1) < 0) continue;
+        if (p[0].revents & POLLIN) {
+            struct signalfd_siginfo info;
+            if (read(signals, &info, sizeof info) == sizeof info && info.ssi_signo == SIGTERM) {
+                kill(-child, SIGKILL);
+                while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+                }
+                return 128 + SIGKILL;
+            }
+        }
+        if (listener >= 0 && (p[1].revents & POLLIN)) guard_serve_one(listener);
+        if (listener >= 0 && (p[1].revents & (POLLHUP | POLLERR))) { /* no process uses the filter */
+            close(listener);
+            listener = -1;
         }
     }
 }
 
+static void restrict_self(int ruleset) {
+    if (syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) fail("landlock_restrict_self", errno);
+    close(ruleset);
+}
+
 int main(int argc, char **argv) {
-    int fds[3];
-    if (argc < 5 || !parse_fd(argv[1], &fds[0]) || !parse_fd(argv[2], &fds[1]) ||
-        !parse_fd(argv[3], &fds[2])) {
-        static const char usage[] = "usage: llexec STATUS_FD RULESET_FD SECCOMP_FD PROG [ARGS...]\n";
+    int fds[5]; /* STATUS RULESET SECCOMP GUARD SUPERVISOR_RULESET */
+    int ok = argc >= 7;
+    for (int i = 0; ok && i < 5; i++) ok = parse_fd(argv[i + 1], &fds[i]);
+    if (!ok) {
+        static const char usage[] =
+            "usage: llexec STATUS_FD RULESET_FD SECCOMP_FD GUARD_FD SUPERVISOR_RULESET_FD PROG [ARGS...]\n";
         if (write(2, usage, sizeof usage - 1) < 0) _exit(127);
         return 127;
     }
@@ -165,8 +183,22 @@ int main(int argc, char **argv) {
     sigaddset(&blocked, SIGTERM);
     sigaddset(&blocked, SIGCHLD);
     if (sigprocmask(SIG_BLOCK, &blocked, &old) != 0) fail("sigprocmask", errno);
+    int signals = signalfd(-1, &blocked, SFD_CLOEXEC);
+    if (signals < 0) fail("signalfd", errno);
     if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0) fail("pdeathsig", errno);
     if (parent_gone(parent)) fail("parent", ESRCH);
+    int pair[2] = {-1, -1};
+    if (fds[3] >= 0) {
+        const char *what;
+        int err = guard_load(fds[3], &what);
+        if (err) fail(what, err);
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail("socketpair", errno);
+    }
+    /* Both halves give up every capability (the command inherits the emptied bounding set), and
+     * the supervisor takes the Plan's ruleset too: what it does for the guard stays checked. */
+    drop_capabilities();
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs", errno);
+    if (fds[4] >= 0) restrict_self(fds[4]);
     pid_t supervisor = getpid();
     pid_t child = fork();
     if (child < 0) fail("fork", errno);
@@ -174,20 +206,27 @@ int main(int argc, char **argv) {
         close(status_fd); /* the command's copy reports; ours would hold the pipe open */
         if (fds[1] >= 0) close(fds[1]);
         if (fds[2] >= 0) close(fds[2]);
-        return supervise(child);
+        int listener = -1;
+        if (pair[0] >= 0) {
+            close(pair[1]);
+            listener = guard_receive(pair[0]);
+        }
+        return supervise(child, signals, listener);
     }
+    close(signals);
     if (sigprocmask(SIG_SETMASK, &old, NULL) != 0) fail("sigprocmask", errno);
     if (setpgid(0, 0) != 0) fail("setpgid", errno); /* its own group: the one that gets killed */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("pdeathsig", errno);
     if (getppid() != supervisor) fail("parent", ESRCH);
-    drop_capabilities();
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs", errno);
-    if (fds[1] >= 0) {
-        if (syscall(SYS_landlock_restrict_self, fds[1], 0) != 0) fail("landlock_restrict_self", errno);
-        close(fds[1]);
+    if (fds[1] >= 0) restrict_self(fds[1]); /* a domain nested in the supervisor's */
+    if (pair[1] >= 0) {
+        const char *what;
+        close(pair[0]);
+        int err = guard_install(pair[1], &what); /* before the filter that refuses new listeners */
+        if (err) fail(what, err);
     }
     if (fds[2] >= 0) install_seccomp(fds[2]);
-    execvp(argv[4], argv + 4);
+    execvp(argv[6], argv + 6);
     fail("exec", errno);
     return 127;
 }

@@ -15,18 +15,21 @@ spawn from a thread that outlives the command, or the command is killed when tha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..state import find_state_dir
 
 SOURCE = Path(__file__).with_name("llexec.c")
+SOURCES = (SOURCE, SOURCE.with_name("guard.c"), SOURCE.with_name("guard.h"))  # all in the digest
 SYS_LANDLOCK_RESTRICT_SELF = 446  # the same number on every architecture
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
@@ -61,14 +64,17 @@ def _locate() -> tuple[str | None, str | None]:
     state = find_state_dir()
     if state is None:
         return None, "no private state directory to build the Landlock launcher in"
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
     digest = hashlib.sha256(source + b"\0" + os.uname().machine.encode()).hexdigest()[:24]
     path = os.path.join(state, f"llexec-{digest}")
     if _trusted(path):
         return path, None
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        return None, "no C compiler (cc or gcc) to build the Landlock launcher; using the slower preexec_fn"
+        return (
+            None,
+            "no C compiler (cc or gcc) to build the Landlock launcher (install one, run stockade once)",
+        )
     failed = f"{path}.failed"  # a failed build is not retried by every stockade run (~0.3 s each)
     try:
         with open(failed) as fh:
@@ -77,10 +83,22 @@ def _locate() -> tuple[str | None, str | None]:
         pass
     problem = _build(compiler, path)
     if problem is None:
+        _forget_old_builds(state, os.path.basename(path))
         return path, None
     with open(failed, "w") as fh:
         fh.write(problem + "\n")
     return None, problem
+
+
+def _forget_old_builds(state: str, current: str, max_age: float = 86400) -> None:
+    """Launchers of other stockade versions, unused for a day (a concurrent install may still
+    use a fresh one; it would only rebuild it)."""
+    now = time.time()
+    for entry in os.scandir(state):
+        if entry.name.startswith("llexec-") and entry.name != current:
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_atime > max_age:
+                    os.unlink(entry.path)
 
 
 def _trusted(path: str) -> bool:
@@ -107,7 +125,10 @@ def _build(compiler: str, path: str) -> str | None:
         # Static when the host has a static libc: no dynamic loader work on every command.
         for flags in (["-static"], []):
             done = subprocess.run(
-                [compiler, "-O2", *flags, "-o", tmp, str(SOURCE)], env=env, capture_output=True, text=True
+                [compiler, "-O2", *flags, "-o", tmp, *(str(p) for p in SOURCES if p.suffix == ".c")],
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if done.returncode == 0:
                 break
@@ -145,11 +166,25 @@ def _probe(binary: str) -> str | None:
     return f"exit {proc.returncode}, status {status!r}"
 
 
-def spec_argv(launcher: str, status_fd: int, ruleset_fd: int, seccomp_fd: int, argv: list[str]) -> list[str]:
-    """The launcher's command line; pass the three fds with pass_fds (-1 skips a step)."""
+def spec_argv(
+    launcher: str,
+    status_fd: int,
+    ruleset_fd: int,
+    seccomp_fd: int,
+    argv: list[str],
+    *,
+    guard_fd: int = -1,
+    supervisor_ruleset_fd: int = -1,
+) -> list[str]:
+    """The launcher's command line; pass the fds with pass_fds (-1 skips a step).
+
+    `guard_fd` reads the guard's entries (see guard.c); `supervisor_ruleset_fd` confines the
+    supervisor that performs the guarded operations.
+    """
     if not argv:
         raise ValueError("no command given")
-    return [launcher, str(status_fd), str(ruleset_fd), str(seccomp_fd), *argv]
+    fds = (status_fd, ruleset_fd, seccomp_fd, guard_fd, supervisor_ruleset_fd)
+    return [launcher, *(str(fd) for fd in fds), *argv]
 
 
 def read_status(fd: int) -> str | None:

@@ -78,7 +78,18 @@ DENIED = (
 COMMON = dict(
     io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429,
     fsopen=430, fsconfig=431, fsmount=432, fspick=433, clone3=435, mount_setattr=442, quotactl_fd=443,
+    fchmodat2=452, setxattrat=463, removexattrat=466,
 )  # fmt: skip
+
+# Metadata changes Landlock does not mediate (any file the user owns, anywhere). With the
+# launcher its guard judges them; without it (no C compiler) they are refused outright.
+METADATA = (
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime",
+    "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr",
+    "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+)  # fmt: skip
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 8
+FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x401C5820  # chattr: Landlock does not see it
 
 ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     # machine(): (AUDIT_ARCH, arch-specific syscall numbers)
@@ -89,7 +100,10 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         umount2=166, pivot_root=155, setns=308, swapon=167, swapoff=168, reboot=169, acct=163,
         quotactl=179, syslog=103, lookup_dcookie=212, name_to_handle_at=303,
         open_by_handle_at=304, clone=56, unshare=272, ioctl=16, socket=41, socketpair=53,
-        setsid=112, setpgid=109,
+        setsid=112, setpgid=109, seccomp=317,
+        chmod=90, fchmod=91, chown=92, fchown=93, lchown=94, utime=132, utimes=235, futimesat=261,
+        fchmodat=268, fchownat=260, utimensat=280, setxattr=188, lsetxattr=189, fsetxattr=190,
+        removexattr=197, lremovexattr=198, fremovexattr=199,
     )),
     "aarch64": (AUDIT_ARCH_AARCH64, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, keyctl=219, add_key=217,
@@ -98,7 +112,9 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         umount2=39, pivot_root=41, setns=268, swapon=224, swapoff=225, reboot=142, acct=89,
         quotactl=60, syslog=116, lookup_dcookie=18, name_to_handle_at=264,
         open_by_handle_at=265, clone=220, unshare=97, ioctl=29, socket=198, socketpair=199,
-        setsid=157, setpgid=154,
+        setsid=157, setpgid=154, seccomp=277,
+        fchmod=52, fchown=55, fchmodat=53, fchownat=54, utimensat=88, setxattr=5, lsetxattr=6,
+        fsetxattr=7, removexattr=14, lremovexattr=15, fremovexattr=16,
     )),
 }  # fmt: skip
 
@@ -143,7 +159,7 @@ def machine_name() -> str:
 
 
 @functools.cache
-def build_filter(*, network: bool, shared_host: bool = False) -> bytes:
+def build_filter(*, network: bool, shared_host: bool = False, refuse_metadata: bool = False) -> bytes:
     """Classic-BPF seccomp program (array of struct sock_filter, 8 bytes each, native endian) in
     the format `bwrap --seccomp FD` reads. `network` False also limits the socket families.
 
@@ -152,6 +168,9 @@ def build_filter(*, network: bool, shared_host: bool = False) -> bytes:
     connect() to a host socket; socketpair stays allowed), with the network off every other
     family but unix pairs is refused too (no private loopback to keep), and setsid() and
     setpgid() are refused, so every process stays in the one process group stockade kills.
+    There, a seccomp filter with a new listener is refused too (it would take notifications
+    before the launcher's guard), and so are chattr's ioctls. `refuse_metadata` refuses chmod,
+    chown, utimes and xattr changes (the preexec path, which has no guard to judge them).
     """
     machine = machine_name()
     if machine not in ARCHES:
@@ -175,7 +194,19 @@ def build_filter(*, network: bool, shared_host: bool = False) -> bytes:
     if shared_host:
         p.jump(JEQ_K, nr["setsid"], "eperm")
         p.jump(JEQ_K, nr["setpgid"], "eperm")
+        p.jump(JEQ_K, nr["seccomp"], "seccomp")
+    if refuse_metadata:
+        for name in METADATA:
+            if name in nr:
+                p.jump(JEQ_K, nr[name], "eperm")
     p.ret(RET_ALLOW)
+
+    if shared_host:
+        p.label("seccomp")
+        p.load(arg_low(0))
+        p.jump(JEQ_K, SECCOMP_SET_MODE_FILTER, 0, "allow")
+        p.load(arg_low(1))
+        p.jump(JSET_K, SECCOMP_FILTER_FLAG_NEW_LISTENER, "eperm", "allow")
 
     p.label("namespaces")  # clone and unshare both take the flags in arg0 on these arches
     p.load(arg_low(0))
@@ -184,6 +215,9 @@ def build_filter(*, network: bool, shared_host: bool = False) -> bytes:
     p.label("ioctl")
     p.load(arg_low(1))  # the kernel truncates the command to 32 bits: compare only those
     p.jump(JEQ_K, TIOCSTI, "eperm")
+    if shared_host:
+        p.jump(JEQ_K, FS_IOC_SETFLAGS, "eperm")
+        p.jump(JEQ_K, FS_IOC_FSSETXATTR, "eperm")
     p.jump(JEQ_K, TIOCLINUX, "eperm", "allow")
 
     p.label("socket")

@@ -41,6 +41,15 @@ FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | (1 << 14) | (1 << 15)
 libc = ctypes.CDLL(None, use_errno=True)
 
 
+# What the guard reads per command: every granted path (as 'R'/'W') and a few guarded ones.
+GUARD_ENTRIES = (
+    b"".join(f"{'W' if p in WRITABLE else 'R'}\0{READ}\0{p}\0".encode() for p in PATHS)
+    + b"G\0"
+    + str(READ).encode()
+    + b"\0/etc/hostname\0"
+)
+
+
 def build_ruleset() -> int:
     """Every filesystem right of ABI 5+ handled; the PATHS granted as a real backend would."""
     abi = libc.syscall(SYS_CREATE_RULESET, None, 0, 1)
@@ -82,16 +91,23 @@ def spawners(true: str, ruleset_fd: int, bpf: bytes) -> dict[str, Callable[[], N
     def plain() -> None:
         subprocess.Popen([true]).wait()
 
-    def launcher() -> None:
+    def launcher(guard: bool = False) -> None:
         assert path is not None, llexec.launcher_problem()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         filter_r, filter_w = os.pipe()
         os.write(filter_w, bpf)
         os.close(filter_w)
-        fds = (status_w, ruleset_fd, filter_r)
-        proc = subprocess.Popen(llexec.spec_argv(path, *fds, [true]), pass_fds=fds)
-        os.close(status_w)
-        os.close(filter_r)
+        fds = [status_w, ruleset_fd, filter_r]
+        extra = {}
+        if guard:  # the entries as a backend passes them, and the supervisor's own ruleset
+            guard_fd = os.memfd_create("guard", os.MFD_CLOEXEC)
+            os.write(guard_fd, GUARD_ENTRIES)
+            os.lseek(guard_fd, 0, os.SEEK_SET)
+            extra = {"guard_fd": guard_fd, "supervisor_ruleset_fd": os.dup(ruleset_fd)}
+        argv = llexec.spec_argv(path, *fds, [true], **extra)
+        proc = subprocess.Popen(argv, pass_fds=(*fds, *extra.values()))
+        for fd in (status_w, filter_r, *extra.values()):
+            os.close(fd)
         proc.wait()
         assert llexec.read_status(status_r) is None and proc.returncode == 0
 
@@ -99,7 +115,7 @@ def spawners(true: str, ruleset_fd: int, bpf: bytes) -> dict[str, Callable[[], N
         proc = subprocess.Popen([true], preexec_fn=llexec.preexec(ruleset_fd, bpf))
         assert proc.wait() == 0
 
-    return {"true": plain, "launcher": launcher, "preexec": preexec}
+    return {"true": plain, "launcher": launcher, "+ guard": lambda: launcher(True), "preexec": preexec}
 
 
 def report(title: str, runs: int, fns: dict[str, Callable[[], None]]) -> None:

@@ -7,6 +7,7 @@ those refusals are asserted here too, so a weaker sandbox can never slip through
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Who, failed
+from test_guard import ALLOWED, ATTEMPTS, REFUSED
 
 import stockade
 from stockade.backends.landlock import READ, translate
@@ -205,6 +207,35 @@ def test_auto_picks_landlock_where_namespaces_are_refused(
     assert len(rcs) == 2 and all(r.startswith("rc=") and r != "rc=0" for r in rcs), done
     assert lines[3:] == ["inner-ok"], done
     assert not (workspace / "inner").exists()
+
+
+def test_where_namespaces_are_refused_the_default_profile_still_holds(who: Who, repo: Path) -> None:
+    """The same host as above (user namespaces refused for real), the default `workspace`
+    profile on a git repository: `auto` picks Landlock, the guard holds every protected and
+    denied entry, and what real tools do still works (test_guard's attempts)."""
+    (repo / ".env").write_text("API_KEY=SECRET\n")
+    (repo / ".stockade").mkdir()
+    outer = who.mkdtemp("outer-")
+    outside = outer / "notes.txt"
+    outside.write_text("mine")
+    who.own(repo)
+    who.own(outer)
+    attempts = outer / "attempts.py"
+    attempts.write_text(ATTEMPTS)
+    inner = f"cd {repo} && XDG_STATE_HOME={outer}/state {who.python} -m stockade"
+    script = (
+        f"{inner} explain | grep '^backend'; "
+        f"{inner} run -- {who.python} {attempts} {repo} {outside}; echo inner-rc=$?"
+    )
+    done = who.sandbox(script, outer, "--backend", "bwrap", "--writable", str(repo))
+    lines = done.stdout.splitlines()
+    assert lines and "landlock" in lines[0], done.stdout + done.stderr
+    assert lines[-1] == "inner-rc=0", done.stdout + done.stderr
+    results = json.loads(lines[-2])
+    wrong = {k: v for k, v in results.items() if k in REFUSED and v == "ok"}
+    assert not wrong, f"got through: {wrong}"
+    assert all(results[k] == "ok" for k in ALLOWED if k != "fifo") and results["fifo read"] == "through"
+    assert (repo / ".env").read_text() == "API_KEY=SECRET\n" and "SECRET" not in done.stdout
 
 
 # --- translation (what the ruleset holds) ---------------------------------------------------

@@ -78,6 +78,9 @@ def test_reads_writes_and_denies(who: Who, workspace: Path, setup: tuple[Path, P
         "mknod /tmp/disk b 7 0",  # root powers Landlock does not mediate: none are left
         "hostname stockade-probe",
         "chown 65534 /tmp",
+        "ls ~/.local/state/stockade",  # stockade's own state: its launcher, journal, caches
+        "touch ~/.local/state/stockade/planted",
+        "setsid true",  # a new session would leave the process group stockade kills
     ]
     script = "".join(f"{a}; echo rc=$?; " for a in attempts)
     script += f"cat ~/notes.txt; echo; {who.python} -c '{TOOLS}'"
@@ -85,6 +88,8 @@ def test_reads_writes_and_denies(who: Who, workspace: Path, setup: tuple[Path, P
     assert "SECRET" not in done.stdout
     assert failed(done, len(attempts), then=["notes", "tools-ok"]), done.stdout + done.stderr
     assert not (workspace / "out").exists()
+    state = home / ".local/state/stockade"  # it exists (the launcher was built there): hidden
+    assert state.is_dir() and not (state / "planted").exists()
 
 
 NET = """

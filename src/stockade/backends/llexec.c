@@ -1,6 +1,7 @@
 /* llexec: confine itself with a Landlock ruleset and a seccomp filter, then exec the command.
  *
  *   llexec STATUS_FD RULESET_FD SECCOMP_FD GUARD_FD SUPERVISOR_RULESET_FD PROG [ARGS...]
+ *   llexec --bridge PORT SOCKET PROG [ARGS...]     (proxy mode, inside the sandbox: bridge.c)
  *
  * Why a separate binary: the restrictions must reach the sandboxed command only, never the
  * stockade process, and applying them in a Python preexec_fn forces fork() (no vfork), runs
@@ -36,6 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bridge.h"
 #include "guard.h"
 
 #ifndef SYS_landlock_restrict_self
@@ -163,6 +165,7 @@ static void restrict_self(int ruleset) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--bridge") == 0) return bridge_main(argc - 1, argv + 1);
     int fds[5]; /* STATUS RULESET SECCOMP GUARD SUPERVISOR_RULESET */
     int ok = argc >= 7;
     for (int i = 0; ok && i < 5; i++) ok = parse_fd(argv[i + 1], &fds[i]);

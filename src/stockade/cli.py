@@ -35,7 +35,25 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
         default=[],
         help="path or glob to hide (repeatable)",
     )
-    p.add_argument("--network", choices=("off", "on"), help="network access (default: from the profile)")
+    p.add_argument(
+        "--network",
+        choices=("off", "proxy", "on"),
+        help="network access (default: from the profile); proxy: only the allowed hosts",
+    )
+    p.add_argument(
+        "--allow-domain",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="with --network proxy: a host the proxy lets through (pypi.org, *.example.com, host:443)",
+    )
+    p.add_argument(
+        "--deny-domain",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="a host the proxy refuses (beats allow)",
+    )
     p.add_argument(
         "--backend",
         choices=("auto", "bwrap", "landlock"),
@@ -61,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     _policy_flags(run)
     run.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="kill the whole sandbox after this long"
+    )
+    run.add_argument(
+        "--log-network", metavar="FILE", help="append every proxy decision to FILE, one JSON line each"
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     explain = sub.add_parser("explain", help="print the materialized Plan")
@@ -88,6 +109,8 @@ def _plan(args: argparse.Namespace) -> Any:
         env=args.env,
         config=args.config,
         backend=args.backend,
+        allow_domains=args.allow_domain,
+        deny_domains=args.deny_domain,
     )
 
 
@@ -113,7 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Installed before launch, so a signal that arrives while the sandbox starts is not lost.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    sandboxed = Sandboxed(plan, command)
+    on_event = None
+    if args.log_network:
+        from .net.proxy import json_lines
+
+        try:
+            on_event = json_lines(open(args.log_network, "a"))  # noqa: SIM115 (open while it runs)
+        except OSError as exc:
+            raise StockadeError(f"--log-network {args.log_network}: {exc.strerror}") from None
+    sandboxed = Sandboxed(plan, command, network_log=on_event)
     running.append(sandboxed)
     if got:
         sandboxed.kill()
@@ -137,7 +168,7 @@ def render_plan(plan: Any, backend: str) -> str:
         f"backend   {backend}",
         f"cwd       {plan.cwd}",
         f"roots     {', '.join(plan.roots)}",
-        f"network   {plan.network}",
+        f"network   {plan.network}" + _proxy_line(plan),
         f"TMPDIR    {plan.tmpdir}",
     ]
     if plan.rules:
@@ -158,6 +189,15 @@ def render_plan(plan: Any, backend: str) -> str:
     if plan.notes:
         lines += ["", "notes:"] + [f"  {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _proxy_line(plan: Any) -> str:
+    if plan.proxy is None:
+        return ""
+    allow = ", ".join(plan.proxy.allow) or "(nothing)"
+    deny = f"; deny {', '.join(plan.proxy.deny)}" if plan.proxy.deny else ""
+    local = "; local addresses allowed" if plan.proxy.allow_local_binding else ""
+    return f" (allow {allow}{deny}{local})"
 
 
 def _backend_line(plan: Any) -> str:

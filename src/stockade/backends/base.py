@@ -10,6 +10,32 @@ from typing import Protocol
 from ..plan import Plan
 
 
+@dataclass(frozen=True)
+class ProxyEndpoint:
+    """Where stockade's filtering proxy listens for one command (network "proxy")."""
+
+    directory: str  # private, inside stockade's state directory; only it is shown inside
+    socket: str  # the unix socket in it
+
+    PORT = 3128  # the proxy's port on the sandbox's own loopback (the bridge listens there)
+
+    def environment(self, connect_helper: str) -> dict[str, str]:
+        """The variables that point tools at the proxy; `connect_helper` tunnels ssh through it."""
+        http, socks = f"http://127.0.0.1:{self.PORT}", f"socks5h://127.0.0.1:{self.PORT}"
+        java = " ".join(
+            f"-D{scheme}.proxy{key}={value}"
+            for scheme in ("http", "https")
+            for key, value in (("Host", "127.0.0.1"), ("Port", self.PORT))
+        )
+        env = {name: http for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+        env |= {"ALL_PROXY": socks, "all_proxy": socks, "NO_PROXY": "localhost,127.0.0.1,::1"}
+        env |= {"no_proxy": env["NO_PROXY"], "PIP_PROXY": http, "npm_config_proxy": http}
+        env |= {"npm_config_https_proxy": http, "YARN_HTTP_PROXY": http, "YARN_HTTPS_PROXY": http}
+        env |= {"JAVA_TOOL_OPTIONS": java + " -Dhttp.nonProxyHosts=localhost|127.0.0.1"}
+        env["GIT_SSH_COMMAND"] = f"ssh -o ProxyCommand='{connect_helper} --connect {self.socket} %h %p'"
+        return env
+
+
 @dataclass
 class LaunchSpec:
     """Everything needed to spawn the sandboxed command, and to tidy up after it."""

@@ -1,6 +1,7 @@
 /* bridge: the sandbox's only way out in proxy mode.
  *
  *   llexec --bridge PORT SOCKET PROG [ARGS...]
+ *   llexec --connect SOCKET HOST PORT       (ssh's ProxyCommand: a tunnel on stdin/stdout)
  *
  * Runs inside the sandbox's own network namespace (loopback only), as the command's parent:
  * it listens on 127.0.0.1:PORT, starts PROG, and relays every connection to the filtering
@@ -170,4 +171,45 @@ int bridge_main(int argc, char **argv) {
             if (!alive && !pump(&halves[i ^ 1])) close_pair(slot);
         }
     }
+}
+
+/* One CONNECT tunnel through the proxy, on stdin/stdout: what ssh's ProxyCommand runs. */
+int connect_main(int argc, char **argv) {
+    if (argc != 4) {
+        dprintf(2, "usage: llexec --connect SOCKET HOST PORT\n");
+        return 2;
+    }
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", argv[1]);
+    if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) die("connect to the proxy");
+    dprintf(s, "CONNECT %s:%s HTTP/1.1\r\nHost: %s:%s\r\n\r\n", argv[2], argv[3], argv[2], argv[3]);
+    char head[8192];
+    size_t len = 0;
+    while (len < sizeof head - 1 && !(len >= 4 && memcmp(head + len - 4, "\r\n\r\n", 4) == 0)) {
+        ssize_t n = read(s, head + len, 1); /* byte by byte: nothing past the head is consumed */
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    head[len] = '\0';
+    if (strncmp(head, "HTTP/1.1 200", 12) != 0 && strncmp(head, "HTTP/1.0 200", 12) != 0) {
+        char body[4096];
+        ssize_t n = read(s, body, sizeof body - 1);
+        dprintf(2, "stockade proxy refused %s:%s: %.*s%.*s\n", argv[2], argv[3], (int)strcspn(head, "\r"),
+                head, n > 0 ? (int)n : 0, body);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct half up = {.from = 0, .to = s, .buf = malloc(BUF)}, down = {.from = s, .to = 1, .buf = malloc(BUF)};
+    if (!up.buf || !down.buf) die("malloc");
+    int up_alive = 1, down_alive = 1;
+    while (down_alive) { /* ssh is done when the server side closes */
+        struct pollfd p[2] = {{.fd = up_alive ? (up.off < up.len ? s : 0) : -1,
+                               .events = up.off < up.len ? POLLOUT : POLLIN},
+                              {.fd = down.off < down.len ? 1 : s, .events = down.off < down.len ? POLLOUT : POLLIN}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR) die("poll");
+        if (up_alive && p[0].revents) up_alive = pump(&up);
+        if (p[1].revents) down_alive = pump(&down);
+    }
+    return 0;
 }

@@ -3,5 +3,6 @@
 #define STOCKADE_BRIDGE_H
 
 int bridge_main(int argc, char **argv);
+int connect_main(int argc, char **argv);
 
 #endif

@@ -15,7 +15,7 @@ from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan, nearest_access
 from ..state import empty_file, state_dir
 from . import hostsockets, seccomp
-from .base import LaunchSpec
+from .base import LaunchSpec, ProxyEndpoint
 from .locate import BwrapBinary, find_bwrap
 
 EXIT_CODE = re.compile(rb'"exit-code"\s*:\s*(\d+)')  # bwrap's JSON status line
@@ -53,9 +53,13 @@ class BwrapBackend:
                         "backend always provides fresh (it cannot grant or deny paths there)"
                     )
 
-    def mounts(self, plan: Plan) -> list[str]:
-        """bwrap mount arguments for the Plan, host socket masks included."""
+    def mounts(self, plan: Plan, endpoint: ProxyEndpoint | None = None) -> list[str]:
+        """bwrap mount arguments for the Plan, host socket masks included; with an `endpoint`,
+        its directory and the bridge binary are shown (read-only) inside the hidden state dir."""
         by_path = {r.path: r for r in plan.rules}
+        if endpoint is not None:
+            for path, kind in ((endpoint.directory, "dir"), (self._bridge(), "file")):
+                by_path[path] = PathRule(path, "read", kind, "network proxy", path)  # type: ignore[arg-type]
         args: list[str] = []
         root = by_path.get("/")
         if root is not None and root.access == "read":
@@ -85,6 +89,8 @@ class BwrapBackend:
                 args += ["--symlink", os.readlink(lexical), lexical]
                 effective[lexical] = rule.access
         for sock in sorted(hostsockets.bound_paths()):
+            if endpoint is not None and sock == endpoint.socket:
+                continue  # ours: the one way out
             if nearest_access(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]
         if root is None:
@@ -131,8 +137,24 @@ class BwrapBackend:
         remount.append(path)
         return ["--perms", "0111" if reopened else "0000", "--tmpfs", path]
 
-    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
+    def _bridge(self) -> str:
+        from . import llexec
+
+        path = llexec.launcher()
+        if path is None:
+            why = llexec.launcher_problem()
+            raise UnsupportedPolicy(f"network = proxy needs the bridge built with stockade's launcher: {why}")
+        return path
+
+    def launch(self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None) -> LaunchSpec:
         self.check(plan)
+        env = plan.env
+        if plan.network == "proxy":
+            if endpoint is None:
+                raise UnsupportedPolicy("network = proxy, but no proxy was started for this command")
+            bridge = self._bridge()
+            argv = [bridge, "--bridge", str(endpoint.PORT), endpoint.socket, *argv]
+            env = {**env, **endpoint.environment(bridge)}
         try:
             bpf = seccomp.build_filter(network=plan.network == "on")
         except RuntimeError as exc:  # an architecture we have no filter for: refuse, never run unfiltered
@@ -154,7 +176,7 @@ class BwrapBackend:
             str(filter_r),
             "--json-status-fd",
             str(status_w),
-            *self.mounts(plan),
+            *self.mounts(plan, endpoint if plan.network == "proxy" else None),
             "--chdir",
             os.path.realpath(plan.cwd),
             "--",
@@ -162,7 +184,7 @@ class BwrapBackend:
         ]
         return LaunchSpec(
             argv=args,
-            env=plan.env,
+            env=env,
             cwd="/",
             pass_fds=(filter_r, status_w),
             status_fd=status_r,

@@ -322,6 +322,11 @@ class LandlockBackend:
         return f"landlock ABI {self.abi} + seccomp (no namespaces)"
 
     def check(self, plan: Plan) -> None:
+        if plan.network == "proxy":
+            raise UnsupportedPolicy(
+                "network = proxy: Landlock's TCP rules name ports, not addresses, so it cannot keep "
+                "connections to the proxy alone; the proxy needs bubblewrap (a network namespace)"
+            )
         self._translated(plan)
 
     def _translated(self, plan: Plan) -> Ruleset:

@@ -166,6 +166,7 @@ static void restrict_self(int ruleset) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--bridge") == 0) return bridge_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "--connect") == 0) return connect_main(argc - 1, argv + 1);
     int fds[5]; /* STATUS RULESET SECCOMP GUARD SUPERVISOR_RULESET */
     int ok = argc >= 7;
     for (int i = 0; ok && i < 5; i++) ok = parse_fd(argv[i + 1], &fds[i]);

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..backends import Backend, select_backend
 from ..errors import SandboxUnavailable
 from ..placeholders import Placeholders
 from ..plan import Context, Plan, materialize
 from ..policy.load import Overrides, load_profile
+
+if TYPE_CHECKING:  # the proxy (asyncio) is imported only when a command uses it
+    from ..net.proxy import Event
+    from .proxy import RunningProxy
 
 File = int | IO[Any] | None
 
@@ -43,10 +47,21 @@ def prepare(
     config: str | None = None,
     host_env: Mapping[str, str] | None = None,
     backend: str | None = None,
+    allow_domains: Sequence[str] = (),
+    deny_domains: Sequence[str] = (),
 ) -> Plan:
     """Parse and materialize: config files + options -> Profile -> Plan."""
     ctx = Context.current(cwd, roots, host_env)
-    overrides = Overrides(tuple(writable), tuple(read), tuple(deny), network, tuple(env), backend)
+    overrides = Overrides(
+        tuple(writable),
+        tuple(read),
+        tuple(deny),
+        network,
+        tuple(env),
+        backend,
+        tuple(allow_domains),
+        tuple(deny_domains),
+    )
     prof = load_profile(
         profile,
         roots=list(ctx.workspace_roots),
@@ -70,12 +85,14 @@ class Sandboxed:
         stdout: File = None,
         stderr: File = None,
         backend: Backend | None = None,
+        network_log: Callable[[Event], None] | None = None,
     ) -> None:
         if not argv:
             raise ValueError("no command given")
         self.plan = plan
         self.timed_out = False
         self._placeholders = Placeholders(plan.placeholders)
+        self._proxy: RunningProxy | None = None
         if plan.unconfined:
             self.backend = None
             self.spec = None
@@ -87,7 +104,13 @@ class Sandboxed:
         self.backend.check(plan)
         self._placeholders.__enter__()
         try:
-            self.spec = self.backend.launch(plan, list(argv))
+            if plan.network == "proxy":
+                from .proxy import start_proxy
+
+                self._proxy = start_proxy(plan, network_log)
+                self.spec = self.backend.launch(plan, list(argv), self._proxy.endpoint)  # type: ignore[call-arg]
+            else:
+                self.spec = self.backend.launch(plan, list(argv))
             try:
                 self.proc = subprocess.Popen(
                     self.spec.argv,
@@ -102,8 +125,14 @@ class Sandboxed:
             finally:
                 self.spec.after_spawn()
         except BaseException:
+            self._stop_proxy()
             self._placeholders.__exit__(None, None, None)
             raise
+
+    def _stop_proxy(self) -> None:
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
 
     def kill(self) -> None:
         """End the whole tree now, the way the backend can (a pid namespace, or a session)."""
@@ -123,6 +152,7 @@ class Sandboxed:
             self.backend.cleanup(self.spec, self.proc.pid)  # what the command left running in the background
             code = self.backend.finish(self.spec, rc)
         finally:
+            self._stop_proxy()  # after the command: it ends every tunnel still open
             self._placeholders.__exit__(None, None, None)
         if code is not None:
             return code
@@ -165,6 +195,9 @@ def run(
     stderr: File = None,
     host_env: Mapping[str, str] | None = None,
     backend: str | None = None,
+    allow_domains: Sequence[str] = (),
+    deny_domains: Sequence[str] = (),
+    network_log: Callable[[Event], None] | None = None,
 ) -> Result:
     """Run `argv` in the sandbox and wait for it, like subprocess.run (output captured by default)."""
     plan = prepare(
@@ -179,6 +212,8 @@ def run(
         config=config,
         host_env=host_env,
         backend=backend,
+        allow_domains=allow_domains,
+        deny_domains=deny_domains,
     )
     if capture_output:
         stdout = stderr = subprocess.PIPE
@@ -188,7 +223,7 @@ def run(
             input = input.encode()
     elif stdin is None:
         stdin = subprocess.DEVNULL
-    sandboxed = Sandboxed(plan, argv, stdin=stdin, stdout=stdout, stderr=stderr)
+    sandboxed = Sandboxed(plan, argv, stdin=stdin, stdout=stdout, stderr=stderr, network_log=network_log)
     try:
         out, err = sandboxed.proc.communicate(input, timeout=timeout)  # type: ignore[arg-type]
     except subprocess.TimeoutExpired:

@@ -26,6 +26,7 @@ from .model import (
     EnvPolicy,
     FsRule,
     Profile,
+    ProxyPolicy,
 )
 
 TOP_KEYS = ("profile", "profiles")
@@ -40,9 +41,9 @@ PROFILE_KEYS = (
     "skip_missing",
     "backend",
 )
-NETWORK_KEYS = ("mode",)
+NETWORK_KEYS = ("mode", "allow", "deny", "allow_local_binding")
 ENV_KEYS = ("pass", "set", "deny")
-NOT_YET = {"proxy": "the filtering proxy (issue 5)"}
+NOT_YET: dict[str, str] = {}
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]!]+$")
 
@@ -226,7 +227,8 @@ def check_bounded(profile: Profile) -> None:
             )
 
 
-def _network(value: Any, file: str, key: str) -> str:
+def _network(value: Any, file: str, key: str, proxy: ProxyPolicy) -> tuple[str, ProxyPolicy]:
+    """(mode, proxy rules): a later layer's allow/deny lists replace an earlier one's."""
     if isinstance(value, str):
         value = {"mode": value}
     if not isinstance(value, dict):
@@ -235,18 +237,36 @@ def _network(value: Any, file: str, key: str) -> str:
         if sub not in NETWORK_KEYS:
             raise ConfigError(f"unknown key; {_suggest(sub, NETWORK_KEYS)}", file=file, key=f"{key}.{sub}")
     mode = value.get("mode", "off")
-    if mode in NOT_YET:
-        raise ConfigError(
-            f"mode {mode!r} is not yet supported (comes with {NOT_YET[mode]}); "
-            f"valid now: {', '.join(NETWORK_MODES)}",
-            file=file,
-            key=f"{key}.mode",
-        )
     if mode not in NETWORK_MODES:
         raise ConfigError(
             f"invalid mode {mode!r}; {_suggest(str(mode), NETWORK_MODES)}", file=file, key=f"{key}.mode"
         )
-    return mode
+    lists = {}
+    for name in ("allow", "deny"):
+        if name in value:
+            lists[name] = _domains(value[name], file, f"{key}.{name}")
+    local = value.get("allow_local_binding", proxy.allow_local_binding)
+    if not isinstance(local, bool):
+        raise ConfigError("must be true or false", file=file, key=f"{key}.allow_local_binding")
+    if mode != "proxy" and (lists or "allow_local_binding" in value):
+        extra = next(k for k in ("allow", "deny", "allow_local_binding") if k in value)
+        why = f'applies only to mode = "proxy" (this table says mode = {mode!r})'
+        raise ConfigError(why, file=file, key=f"{key}.{extra}")
+    return mode, replace(proxy, **lists, allow_local_binding=local)
+
+
+def _domains(value: Any, file: str, key: str) -> tuple[str, ...]:
+    """Host rules, each checked now: a malformed one is an error, never a rule that never matches."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        example = '["pypi.org", "*.pythonhosted.org"]'
+        raise ConfigError(f"must be a list of host names, e.g. {example}", file=file, key=key)
+    from ..net.rules import check_rule
+
+    for entry in value:
+        problem = check_rule(entry)
+        if problem:
+            raise ConfigError(f"{entry!r}: {problem}", file=file, key=key)
+    return tuple(value)
 
 
 def _names(value: Any, file: str, key: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
@@ -291,7 +311,8 @@ def apply_body(profile: Profile, body: dict[str, Any], file: str, name: str) -> 
             rules += _fs_rule(raw_key, value, file, f"{prefix}.filesystem.{raw_key!r}")
         profile = profile.with_rules(rules)
     if "network" in body:
-        profile = replace(profile, network=_network(body["network"], file, f"{prefix}.network"))
+        mode, proxy = _network(body["network"], file, f"{prefix}.network", profile.proxy)
+        profile = replace(profile, network=mode, proxy=proxy)
     if "env" in body:
         profile = replace(profile, env=_env(body["env"], profile.env, file, f"{prefix}.env"))
     if "git" in body:
@@ -387,6 +408,8 @@ class Overrides:
     network: str | None = None
     env: tuple[str, ...] = ()  # NAME (pass through) or NAME=VALUE (set)
     backend: str | None = None
+    allow_domains: tuple[str, ...] = ()  # added to the proxy's allow list (--allow-domain)
+    deny_domains: tuple[str, ...] = ()
 
 
 def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> list[FsRule]:
@@ -403,7 +426,8 @@ def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> 
 
 
 def apply_overrides(profile: Profile, o: Overrides, cwd: str) -> Profile:
-    if profile.unconfined and (o.writable or o.read or o.deny or o.network):
+    widened = o.writable or o.read or o.deny or o.network or o.allow_domains or o.deny_domains
+    if profile.unconfined and widened:
         raise ConfigError(
             f"profile {profile.name!r} runs without a sandbox, so --writable/--read/--deny/--network "
             "cannot apply; pick a sandboxed profile",
@@ -416,7 +440,21 @@ def apply_overrides(profile: Profile, o: Overrides, cwd: str) -> Profile:
     )
     profile = profile.with_rules(rules)
     if o.network is not None:
-        profile = replace(profile, network=_network(o.network, "--network", "value"))
+        mode, _ = _network(o.network, "--network", "value", profile.proxy)
+        profile = replace(profile, network=mode)
+    if o.allow_domains or o.deny_domains:
+        if profile.network != "proxy":
+            raise ConfigError(
+                f"--allow-domain/--deny-domain need the proxy, but the network is {profile.network!r}; "
+                "add --network proxy",
+                key="--allow-domain" if o.allow_domains else "--deny-domain",
+            )
+        proxy = replace(
+            profile.proxy,
+            allow=profile.proxy.allow + _domains(list(o.allow_domains), "--allow-domain", "value"),
+            deny=profile.proxy.deny + _domains(list(o.deny_domains), "--deny-domain", "value"),
+        )
+        profile = replace(profile, proxy=proxy)
     if o.backend is not None:
         if o.backend not in BACKENDS:
             raise ConfigError(

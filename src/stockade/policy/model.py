@@ -7,7 +7,7 @@ from typing import Literal
 
 Access = Literal["read", "write", "deny"]
 ACCESS_VALUES: tuple[str, ...] = ("read", "write", "deny", "none")
-NETWORK_MODES: tuple[str, ...] = ("off", "on")
+NETWORK_MODES: tuple[str, ...] = ("off", "proxy", "on")
 GIT_MODES: tuple[str, ...] = ("protect", "read-only", "write")
 BACKENDS: tuple[str, ...] = ("auto", "bwrap", "landlock")
 
@@ -56,10 +56,20 @@ class EnvPolicy:
 
 
 @dataclass(frozen=True)
+class ProxyPolicy:
+    """`network.mode = "proxy"`: which hosts the filtering proxy lets through (deny beats allow)."""
+
+    allow: tuple[str, ...] = ()  # "pypi.org", "*.pythonhosted.org", "**.github.com:443", "10.0.0.5"
+    deny: tuple[str, ...] = ()
+    allow_local_binding: bool = False  # allowed names may resolve to loopback/private addresses
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     filesystem: tuple[FsRule, ...] = ()
     network: str = "off"
+    proxy: ProxyPolicy = field(default_factory=ProxyPolicy)
     env: EnvPolicy = field(default_factory=EnvPolicy)
     git: str = "protect"
     unconfined: bool = False  # only full-access: runs without a sandbox, and is named so

@@ -15,7 +15,8 @@ class ProxyEndpoint:
     """Where stockade's filtering proxy listens for one command (network "proxy")."""
 
     directory: str  # private, inside stockade's state directory; only it is shown inside
-    socket: str  # the unix socket in it
+    socket: str  # the unix socket in it (a client speaks HTTP or SOCKS5 on it: ssh's helper)
+    handoff: str  # the bridge passes each of the command's connections here, as an fd
 
     PORT = 3128  # the proxy's port on the sandbox's own loopback (the bridge listens there)
 

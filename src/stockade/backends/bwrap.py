@@ -89,7 +89,7 @@ class BwrapBackend:
                 args += ["--symlink", os.readlink(lexical), lexical]
                 effective[lexical] = rule.access
         for sock in sorted(hostsockets.bound_paths()):
-            if endpoint is not None and sock == endpoint.socket:
+            if endpoint is not None and sock in (endpoint.socket, endpoint.handoff):
                 continue  # ours: the one way out
             if nearest_access(effective, sock) in ("read", "write"):
                 args += ["--ro-bind", empty_file(), sock]
@@ -153,7 +153,7 @@ class BwrapBackend:
             if endpoint is None:
                 raise UnsupportedPolicy("network = proxy, but no proxy was started for this command")
             bridge = self._bridge()
-            argv = [bridge, "--bridge", str(endpoint.PORT), endpoint.socket, *argv]
+            argv = [bridge, "--bridge", str(endpoint.PORT), endpoint.handoff, *argv]
             env = {**env, **endpoint.environment(bridge)}
         try:
             bpf = seccomp.build_filter(network=plan.network == "on")

@@ -42,13 +42,14 @@ def start_proxy(plan: Plan, on_event: Callable[[Event], None] | None = None) -> 
     directory = tempfile.mkdtemp(prefix="proxy-", dir=state_dir())
     os.chmod(directory, 0o755)  # the command's (same) user reaches the socket; the state dir is 0700
     socket_path = os.path.join(directory, "proxy.sock")
+    handoff_path = os.path.join(directory, "handoff.sock")
     proxy = FilteringProxy(rules, command=uuid.uuid4().hex[:12], hosts=_hosts(), on_event=on_event)
     try:
-        thread = ProxyThread(proxy, unix_path=socket_path)
+        thread = ProxyThread(proxy, unix_path=socket_path, handoff_path=handoff_path)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return RunningProxy(thread, ProxyEndpoint(directory, socket_path))
+    return RunningProxy(thread, ProxyEndpoint(directory, socket_path, handoff_path))
 
 
 def _hosts() -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import IO
 
-from .rules import Decision, HostRules, RuleError, normalize_host, parse_address
+from .rules import Decision, HostRules, RuleError, normalize_host, parse_address, unmapped
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 1 << 20
@@ -87,6 +87,7 @@ class FilteringProxy:
         """Decide, resolve, check and connect; Blocked (logged) when any step says no."""
         address = parse_address(raw_host)
         if address is not None:
+            address = unmapped(address)
             decision = self.rules.decide_address(address, port, named=False)
             self._record(protocol, str(address), port, str(address), decision)
             if not decision.allowed:
@@ -104,10 +105,11 @@ class FilteringProxy:
             raise Blocked(host, port, decision.rule)
         refused = ""
         for text in self._resolve(host, port):
-            checked = self.rules.decide_address(ipaddress.ip_address(text), port, named=True)
+            resolved = unmapped(ipaddress.ip_address(text))
+            checked = self.rules.decide_address(resolved, port, named=True)
             if checked.allowed:
-                self._record(protocol, host, port, text, decision)
-                return self._connect(text, port, host)
+                self._record(protocol, host, port, str(resolved), decision)
+                return self._connect(str(resolved), port, host)
             refused = checked.rule
         reason = refused or "the name does not resolve"
         self._record(protocol, host, port, "", Decision(False, reason))
@@ -141,7 +143,7 @@ class FilteringProxy:
             client.settimeout(self.head_timeout)
             first = client.recv(1)
             if first == b"\x05":
-                upstream = self._socks5(client)
+                upstream = self._socks5(client, deadline)
             elif first:
                 upstream = self._http(first, client, deadline)
             if upstream is not None:
@@ -158,11 +160,13 @@ class FilteringProxy:
 
     def _http(self, first: bytes, client: socket.socket, deadline: float) -> socket.socket | None:
         head = first + _read_head(client, deadline)
-        line, _, rest = head.partition(b"\r\n")
+        lines = head[:-4].split(b"\r\n")
         try:
-            method, target, version = line.decode("latin-1").split(" ")
+            method, target, version = lines[0].decode("latin-1").split(" ")
         except ValueError:
             return _reply(client, 400, "stockade: not an HTTP proxy request")
+        if version not in ("HTTP/1.0", "HTTP/1.1") or any(b"\n" in h or b"\r" in h for h in lines):
+            return _reply(client, 400, "stockade: malformed request (bare CR or LF, or not HTTP/1.x)")
         protocol = "connect" if method == "CONNECT" else "http"
         try:
             host, port, path = _target(method, target)
@@ -176,28 +180,35 @@ class FilteringProxy:
             return _reply(client, 502, str(exc))
         if method == "CONNECT":
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:  # one request per connection: the next one may name another host
-            headers = [h for h in rest.split(b"\r\n") if h and not _hop_by_hop(h)]
-            request = [f"{method} {path} {version}".encode("latin-1"), *headers, b"Connection: close"]
+        else:  # one request per connection (the next may name another host), for the URI's host
+            headers = [h for h in lines[1:] if h and not _hop_by_hop(h)]
+            authority = host if port == 80 else f"{host}:{port}"
+            if ":" in host:
+                authority = f"[{host}]" if port == 80 else f"[{host}]:{port}"
+            request = [f"{method} {path} {version}".encode("latin-1"), f"Host: {authority}".encode()]
+            request += [*headers, b"Connection: close"]
             upstream.sendall(b"\r\n".join(request) + b"\r\n\r\n")
         return upstream
 
-    def _socks5(self, client: socket.socket) -> socket.socket | None:
-        methods = _exactly(client, _exactly(client, 1)[0])
+    def _socks5(self, client: socket.socket, deadline: float) -> socket.socket | None:
+        def exactly(count: int) -> bytes:  # the whole request by the deadline, not each read
+            return _exactly(client, count, deadline)
+
+        methods = exactly(exactly(1)[0])
         if 0 not in methods:
             client.sendall(b"\x05\xff")
             return None
         client.sendall(b"\x05\x00")
-        version, command, _, kind = _exactly(client, 4)
+        version, command, _, kind = exactly(4)
         if kind == 1:
-            host = str(ipaddress.IPv4Address(_exactly(client, 4)))
+            host = str(ipaddress.IPv4Address(exactly(4)))
         elif kind == 4:
-            host = str(ipaddress.IPv6Address(_exactly(client, 16)))
+            host = str(ipaddress.IPv6Address(exactly(16)))
         elif kind == 3:
-            host = _exactly(client, _exactly(client, 1)[0]).decode("latin-1")  # normalize_host vets it
+            host = exactly(exactly(1)[0]).decode("latin-1")  # normalize_host vets it
         else:
             return _socks_reply(client, 8)  # address type not supported
-        (port,) = struct.unpack("!H", _exactly(client, 2))
+        (port,) = struct.unpack("!H", exactly(2))
         if version != 5 or command != 1:
             return _socks_reply(client, 7)  # only CONNECT
         try:
@@ -256,9 +267,10 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def _exactly(sock: socket.socket, count: int) -> bytes:
+def _exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
     data = b""
     while len(data) < count:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         chunk = sock.recv(count - len(data))
         if not chunk:
             raise ConnectionError("closed mid-request")
@@ -287,7 +299,7 @@ def _target(method: str, target: str) -> tuple[str, int, str]:
     """(host, port, origin-form path) of a proxy request's target."""
     if method == "CONNECT":
         host, sep, port = target.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise RuleError(target, "CONNECT needs host:port")
         return host.strip("[]"), int(port), ""
     scheme, sep, rest = target.partition("://")
@@ -299,10 +311,10 @@ def _target(method: str, target: str) -> tuple[str, int, str]:
     if authority.startswith("["):
         end = authority.find("]")
         host, tail = authority[1:end], authority[end + 1 :]
-        port = int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else 80
+        port = int(tail[1:]) if tail.startswith(":") and tail[1:].isascii() and tail[1:].isdigit() else 80
     elif ":" in authority:
         host, _, text = authority.partition(":")
-        if not text.isdigit() or not 0 < int(text) < 65536:
+        if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
             raise RuleError(target, f"bad port {text!r}")
         port = int(text)
     return host, port, "/" + path if slash else "/"
@@ -310,7 +322,7 @@ def _target(method: str, target: str) -> tuple[str, int, str]:
 
 def _hop_by_hop(header: bytes) -> bool:
     name = header.split(b":", 1)[0].strip().lower()
-    return name in (b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization")
+    return name in (b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization", b"host")
 
 
 def _reply(sock: socket.socket, status: int, text: str) -> None:

@@ -103,7 +103,7 @@ def _split_port(entry: str) -> tuple[str, int | None]:
 
 
 def _port(entry: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:  # "²" is a digit too
         raise RuleError(entry, f"port {text!r} is not a number from 1 to 65535")
     return int(text)
 
@@ -168,6 +168,7 @@ class HostRules:
 
     def decide_address(self, address: IPAddress, port: int, *, named: bool) -> Decision:
         """A raw-IP request (`named` False), or an address an allowed name resolved to."""
+        address = unmapped(address)  # ::ffff:a.b.c.d is a.b.c.d: IPv4 rules must see it
         for rule in self.deny:
             if rule.matches_address(address, port):
                 return Decision(False, f'denied by rule "{rule.text}"')
@@ -181,19 +182,18 @@ class HostRules:
         return Decision(True, "")
 
 
-def is_local(address: IPAddress) -> bool:
-    """Loopback, link-local, private, unspecified, multicast or reserved, or one of this host's
-    own addresses (it can be bound here): nothing a public name should lead to."""
+def unmapped(address: IPAddress) -> IPAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_private
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    ):
+        return address.ipv4_mapped
+    return address
+
+
+def is_local(address: IPAddress) -> bool:
+    """Anything not globally routable (loopback, link-local, private, shared 100.64/10 where
+    Alibaba Cloud keeps its metadata service, reserved, ...), multicast, or one of this host's
+    own addresses (it can be bound here): nothing a public name should lead to."""
+    address = unmapped(address)
+    if not address.is_global or address.is_multicast:
         return True
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -10,6 +10,7 @@ identity is skipped (there is no root to be).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -139,7 +140,39 @@ def _base_env(home: str, pythonpath: str | None) -> dict[str, str]:
     return env
 
 
+DISTRIBUTIONS = ("mcp",)  # copied whole with what they require (the dev extras' heavier parts)
+
+
+def _closure(names: Sequence[str]) -> list[importlib.metadata.Distribution]:
+    """The installed distributions `names` need, following requirements whose markers hold."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an optional extra that is not installed: the tests that need it say so
+        seen[name] = dist
+        for line in dist.requires or ():
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return list(seen.values())
+
+
 def _copy_site(dest: Path) -> None:
+    for dist in _closure(DISTRIBUTIONS):
+        for file in dist.files or ():
+            src = Path(str(dist.locate_file(file)))
+            if "__pycache__" in file.parts or ".." in file.parts or not src.is_file():
+                continue
+            (dest / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / file)
     for name in SITE_PACKAGES:
         spec = importlib.util.find_spec(name) if "." not in name else None
         if spec is not None and spec.origin:
@@ -149,6 +182,8 @@ def _copy_site(dest: Path) -> None:
         if src is None or not src.exists():
             continue
         target = dest / src.name
+        if target.exists():
+            continue
         if src.is_dir():
             shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:

@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="say whether this host can sandbox, and how to fix it").add_argument(
         "--json", action="store_true"
     )
+    mcp = sub.add_parser("mcp", help="serve sandboxed sessions to an agent over MCP (stdio)")
+    mcp.add_argument("--profile", metavar="NAME", help="the profile every session runs under (fixed)")
+    mcp.add_argument("--config", metavar="FILE", help="an extra config file, read last")
+    mcp.add_argument(
+        "--root", metavar="DIR", action="append", default=[], help="a workspace root (default: cwd)"
+    )
+    mcp.add_argument("--backend", choices=("auto", "bwrap", "landlock"))
     profiles = sub.add_parser("profiles", help="list the profiles available here")
     profiles.add_argument("--config", metavar="FILE")
     profiles.add_argument("--root", metavar="DIR", action="append", default=[])
@@ -171,6 +178,8 @@ def render_plan(plan: Any, backend: str) -> str:
         f"network   {plan.network}" + _proxy_line(plan),
         f"TMPDIR    {plan.tmpdir}",
     ]
+    if plan.limits.items():
+        lines.append("limits: " + " ".join(f"{k}={v}" for k, v in plan.limits.items()))
     if plan.rules:
         width = max(len(r.path) for r in plan.rules)
         lines += ["", f"{'ACCESS':7} {'PATH':{width}}  WHY"]
@@ -266,11 +275,23 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from .mcp_server import serve
+    except ImportError as exc:
+        raise StockadeError(str(exc)) from None
+    return serve(roots=args.root, profile=args.profile, config=args.config, backend=args.backend)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "explain": cmd_explain, "doctor": cmd_doctor, "profiles": cmd_profiles}[
-        args.cmd
-    ]
+    handler = {
+        "run": cmd_run,
+        "explain": cmd_explain,
+        "doctor": cmd_doctor,
+        "profiles": cmd_profiles,
+        "mcp": cmd_mcp,
+    }[args.cmd]
     try:
         return handler(args)
     except StockadeError as exc:

@@ -16,7 +16,7 @@ from . import globcache, globs, home
 from .environ import sandbox_env
 from .errors import ConfigError
 from .policy.builtin import BUILTIN_FILE
-from .policy.model import WORKSPACE_ROOTS, Access, FsRule, Profile, ProxyPolicy
+from .policy.model import WORKSPACE_ROOTS, Access, FsRule, Limits, Profile, ProxyPolicy
 from .protect import Protected, protected_in
 from .sshconfig import SshPath, ssh_config_paths
 
@@ -98,6 +98,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     backend: str = "auto"  # which backend the profile asked for (auto|bwrap|landlock)
     proxy: ProxyPolicy | None = None  # network "proxy": the hosts the filtering proxy lets through
+    limits: Limits = field(default_factory=Limits)  # resource limits on every process inside
 
     def access(self, path: str) -> Access | None:
         """Effective access of a canonical path; None when it is not visible."""
@@ -430,4 +431,5 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         tuple(b.notes),
         profile.backend,
         profile.proxy if profile.network == "proxy" else None,
+        profile.limits,
     )

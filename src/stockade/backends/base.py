@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..plan import Plan
+from .limits import PidsCgroup
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class LaunchSpec:
     preexec: Callable[[], None] | None = None  # only where no launcher binary can be used
     supervisor: bool = False  # the spawned process ends the whole sandbox when sent SIGTERM
     remove_after: list[str] = field(default_factory=list)  # private directories made for this run
+    cgroup: PidsCgroup | None = None  # limits.processes where RLIMIT_NPROC cannot count it
 
     def after_spawn(self) -> None:
         for fd in self.close_after_spawn:
@@ -63,8 +65,11 @@ class Backend(Protocol):
     def check(self, plan: Plan) -> None:
         """Raise UnsupportedPolicy (with the reason) if this Plan cannot be enforced exactly."""
 
-    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
-        """The spec of a process that runs `argv` under `plan`."""
+    def launch(
+        self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
+    ) -> LaunchSpec:
+        """The spec of a process that runs `argv` under `plan`; `endpoint`: the proxy's (network
+        "proxy"); `tty`: stdin is a PTY of the command's own, to become its terminal."""
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
         """The command's exit status, or None if the sandbox never started it."""

@@ -14,7 +14,7 @@ import signal
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan, nearest_access
 from ..state import empty_file, state_dir
-from . import hostsockets, seccomp
+from . import hostsockets, limits, seccomp
 from .base import LaunchSpec, ProxyEndpoint
 from .locate import BwrapBinary, find_bwrap
 
@@ -52,14 +52,20 @@ class BwrapBackend:
                         f"{rule.reason}: {rule.path} is inside {top}, which the bubblewrap "
                         "backend always provides fresh (it cannot grant or deny paths there)"
                     )
+        if why := limits.refusal(plan.limits, self.name):
+            raise UnsupportedPolicy(why)
 
-    def mounts(self, plan: Plan, endpoint: ProxyEndpoint | None = None) -> list[str]:
+    def mounts(
+        self, plan: Plan, endpoint: ProxyEndpoint | None = None, helper: str | None = None
+    ) -> list[str]:
         """bwrap mount arguments for the Plan, host socket masks included; with an `endpoint`,
-        its directory and the bridge binary are shown (read-only) inside the hidden state dir."""
+        its directory and the bridge binary are shown (read-only) inside the hidden state dir,
+        and so is the launcher binary as a `helper` (the PTY's controlling terminal)."""
         by_path = {r.path: r for r in plan.rules}
-        if endpoint is not None:
-            for path, kind in ((endpoint.directory, "dir"), (self._bridge(), "file")):
-                by_path[path] = PathRule(path, "read", kind, "network proxy", path)  # type: ignore[arg-type]
+        shown = [(endpoint.directory, "dir"), (self._bridge(), "file")] if endpoint is not None else []
+        shown += [(helper, "file")] if helper is not None else []
+        for path, kind in shown:
+            by_path[path] = PathRule(path, "read", kind, "stockade's own helper", path)  # type: ignore[arg-type]
         args: list[str] = []
         root = by_path.get("/")
         if root is not None and root.access == "read":
@@ -143,12 +149,22 @@ class BwrapBackend:
         path = llexec.launcher()
         if path is None:
             why = llexec.launcher_problem()
-            raise UnsupportedPolicy(f"network = proxy needs the bridge built with stockade's launcher: {why}")
+            raise UnsupportedPolicy(f"network = proxy, limits and sessions need stockade's launcher: {why}")
         return path
 
-    def launch(self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None) -> LaunchSpec:
+    def launch(
+        self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
+    ) -> LaunchSpec:
         self.check(plan)
         env = plan.env
+        helper = None
+        rlimits, cgroup = limits.prepare_limits(plan.limits, self.name)
+        if rlimits:  # set inside, right before the command: everything it starts inherits them
+            helper = self._bridge()
+            argv = [helper, "--limits", rlimits, "--", *argv]
+        if tty:  # the PTY becomes the controlling terminal inside (bwrap's --new-session left none)
+            helper = self._bridge()
+            argv = [helper, "--ctty", *argv]
         if plan.network == "proxy":
             if endpoint is None:
                 raise UnsupportedPolicy("network = proxy, but no proxy was started for this command")
@@ -176,12 +192,14 @@ class BwrapBackend:
             str(filter_r),
             "--json-status-fd",
             str(status_w),
-            *self.mounts(plan, endpoint if plan.network == "proxy" else None),
+            *self.mounts(plan, endpoint if plan.network == "proxy" else None, helper),
             "--chdir",
             os.path.realpath(plan.cwd),
             "--",
             *argv,
         ]
+        if cgroup is not None:  # joined before bwrap starts: its whole tree is counted
+            args = [self._bridge(), "--cgroup", cgroup.procs, "--", *args]
         return LaunchSpec(
             argv=args,
             env=env,
@@ -189,6 +207,7 @@ class BwrapBackend:
             pass_fds=(filter_r, status_w),
             status_fd=status_r,
             close_after_spawn=[filter_r, status_w],
+            cgroup=cgroup,
         )
 
     def kill(self, spec: LaunchSpec, pid: int) -> None:

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, replace
 from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import PathRule, Plan
 from ..state import find_state_dir
-from . import seccomp
-from .base import LaunchSpec
+from . import limits, seccomp
+from .base import LaunchSpec, ProxyEndpoint
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # the same on every arch
 CREATE_RULESET_VERSION = 1
@@ -327,6 +327,8 @@ class LandlockBackend:
                 "network = proxy: Landlock's TCP rules name ports, not addresses, so it cannot keep "
                 "connections to the proxy alone; the proxy needs bubblewrap (a network namespace)"
             )
+        if why := limits.refusal(plan.limits, self.name):
+            raise UnsupportedPolicy(why)
         self._translated(plan)
 
     def _translated(self, plan: Plan) -> Ruleset:
@@ -354,7 +356,11 @@ class LandlockBackend:
                 kept = self._fds[role] = (key, stamps, fd)
             return os.dup(kept[2])
 
-    def launch(self, plan: Plan, argv: list[str]) -> LaunchSpec:
+    def launch(
+        self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
+    ) -> LaunchSpec:
+        """`tty` needs nothing more: the launcher's supervisor hands a PTY on stdin to the command.
+        `endpoint` is never used: check() refuses proxy mode."""
         from . import llexec
 
         ruleset = self._translated(plan)
@@ -372,6 +378,8 @@ class LandlockBackend:
         ruleset_fd = self._ruleset_fd(ruleset, "command")
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         if launcher is None:  # no compiler here: the slower fork path, with the same steps
+            if plan.limits.items():
+                raise UnsupportedPolicy(f"[limits] need stockade's launcher: {llexec.launcher_problem()}")
             spec = LaunchSpec(argv=argv, env=env, cwd=plan.cwd, status_fd=status_r)
             spec.preexec = llexec.preexec(ruleset_fd, bpf, status_fd=status_w)
             spec.close_after_spawn += [ruleset_fd, status_w]
@@ -381,9 +389,17 @@ class LandlockBackend:
         filter_fd = _memfd("stockade-seccomp", bpf)
         guard_fd = _memfd("stockade-guard", ruleset.guard_entries())
         fds = (status_w, ruleset_fd, filter_fd, guard_fd, supervisor_fd)
+        rlimits, cgroup = limits.prepare_limits(plan.limits, self.name)
+        options = ["--cgroup", cgroup.procs] if cgroup else []
+        options += ["--limits", rlimits] if rlimits else []
         return LaunchSpec(
             argv=llexec.spec_argv(
-                launcher, *fds[:3], argv, guard_fd=guard_fd, supervisor_ruleset_fd=supervisor_fd
+                launcher,
+                *fds[:3],
+                argv,
+                guard_fd=guard_fd,
+                supervisor_ruleset_fd=supervisor_fd,
+                options=options,
             ),
             env=env,
             cwd=plan.cwd,
@@ -392,6 +408,7 @@ class LandlockBackend:
             close_after_spawn=list(fds),
             supervisor=True,
             remove_after=[private] if private else [],
+            cgroup=cgroup,
         )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:

@@ -1,7 +1,15 @@
 /* llexec: confine itself with a Landlock ruleset and a seccomp filter, then exec the command.
  *
  *   llexec STATUS_FD RULESET_FD SECCOMP_FD GUARD_FD SUPERVISOR_RULESET_FD PROG [ARGS...]
- *   llexec --bridge PORT SOCKET PROG [ARGS...]     (proxy mode, inside the sandbox: bridge.c)
+ *   llexec --bridge PORT HANDOFF PROG [ARGS...]    (proxy mode, inside the sandbox: bridge.c)
+ *   llexec --ctty PROG [ARGS...]   (inside the sandbox: stdin, a PTY, becomes the controlling
+ *                                   terminal, so Ctrl-C reaches the foreground process group)
+ *   llexec [--cgroup PROCS_FILE] [--limits SPEC] (-- PROG [ARGS...] | STATUS_FD ...)
+ *       --cgroup: join that cgroup (write our pid to its cgroup.procs) before anything else, so
+ *       every process the command starts is counted by its pids.max;
+ *       --limits: "as=N,nproc=N,cpu=N,fsize=N,nofile=N" (any subset), set as both soft and
+ *       hard limits (cpu: hard one second later, so SIGXCPU comes first) right before PROG is
+ *       exec'd; "--" then execs PROG directly (inside bubblewrap).
  *
  * Why a separate binary: the restrictions must reach the sandboxed command only, never the
  * stockade process, and applying them in a Python preexec_fn forces fork() (no vfork), runs
@@ -30,7 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/securebits.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -164,9 +174,55 @@ static void restrict_self(int ruleset) {
     close(ruleset);
 }
 
+static const char *limits_spec; /* applied right before PROG is exec'd */
+
+static void join_cgroup(const char *procs) {
+    int fd = open(procs, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fail("cgroup", errno);
+    if (write(fd, "0\n", 2) != 2) fail("cgroup join", errno);
+    close(fd);
+}
+
+static void apply_limits(void) {
+    static const struct { const char *name; int resource; } known[] = {
+        {"as", RLIMIT_AS}, {"nproc", RLIMIT_NPROC}, {"cpu", RLIMIT_CPU},
+        {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
+    };
+    const char *p = limits_spec;
+    while (p && *p) {
+        size_t n = strcspn(p, "=");
+        char *end;
+        unsigned long long value = strtoull(p + n + (p[n] == '='), &end, 10);
+        int resource = -1;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strlen(known[i].name) == n && strncmp(p, known[i].name, n) == 0) resource = known[i].resource;
+        if (resource < 0 || p[n] != '=' || (*end && *end != ',')) fail("limits", EINVAL);
+        struct rlimit limit = {value, resource == RLIMIT_CPU ? value + 1 : value};
+        if (setrlimit(resource, &limit) != 0) fail("setrlimit", errno);
+        p = *end ? end + 1 : end;
+    }
+}
+
 int main(int argc, char **argv) {
+    while (argc > 2 && (strcmp(argv[1], "--cgroup") == 0 || strcmp(argv[1], "--limits") == 0)) {
+        if (argv[1][2] == 'c') join_cgroup(argv[2]);
+        else limits_spec = argv[2];
+        argc -= 2;
+        argv += 2;
+    }
+    if (argc > 2 && strcmp(argv[1], "--") == 0) {
+        apply_limits();
+        execvp(argv[2], argv + 2);
+        fail("exec", errno);
+    }
     if (argc > 1 && strcmp(argv[1], "--bridge") == 0) return bridge_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "--connect") == 0) return connect_main(argc - 1, argv + 1);
+    if (argc > 2 && strcmp(argv[1], "--ctty") == 0) { /* a session on a PTY: make it ours */
+        setsid(); /* fails harmlessly when we lead a session already (bwrap --new-session) */
+        if (isatty(0) && ioctl(0, TIOCSCTTY, 0) != 0) fail("TIOCSCTTY", errno);
+        execvp(argv[2], argv + 2);
+        fail("exec", errno);
+    }
     int fds[5]; /* STATUS RULESET SECCOMP GUARD SUPERVISOR_RULESET */
     int ok = argc >= 7;
     for (int i = 0; ok && i < 5; i++) ok = parse_fd(argv[i + 1], &fds[i]);
@@ -210,6 +266,10 @@ int main(int argc, char **argv) {
         close(status_fd); /* the command's copy reports; ours would hold the pipe open */
         if (fds[1] >= 0) close(fds[1]);
         if (fds[2] >= 0) close(fds[2]);
+        /* On a PTY of its own (a stockade session), the supervisor takes it as controlling
+         * terminal and gives the foreground to the command's group, so Ctrl-C reaches it. A
+         * terminal that already belongs to another session (the user's) is left alone. */
+        if (isatty(0) && ioctl(0, TIOCSCTTY, 0) == 0) tcsetpgrp(0, child);
         int listener = -1;
         if (pair[0] >= 0) {
             close(pair[1]);
@@ -230,6 +290,7 @@ int main(int argc, char **argv) {
         if (err) fail(what, err);
     }
     if (fds[2] >= 0) install_seccomp(fds[2]);
+    apply_limits();
     execvp(argv[6], argv + 6);
     fail("exec", errno);
     return 127;

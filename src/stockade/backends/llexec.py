@@ -175,16 +175,17 @@ def spec_argv(
     *,
     guard_fd: int = -1,
     supervisor_ruleset_fd: int = -1,
+    options: list[str] | None = None,
 ) -> list[str]:
     """The launcher's command line; pass the fds with pass_fds (-1 skips a step).
 
     `guard_fd` reads the guard's entries (see guard.c); `supervisor_ruleset_fd` confines the
-    supervisor that performs the guarded operations.
+    supervisor that performs the guarded operations; `options`: --cgroup/--limits (llexec.c).
     """
     if not argv:
         raise ValueError("no command given")
     fds = (status_fd, ruleset_fd, seccomp_fd, guard_fd, supervisor_ruleset_fd)
-    return [launcher, *(str(fd) for fd in fds), *argv]
+    return [launcher, *(options or ()), *(str(fd) for fd in fds), *argv]
 
 
 def read_status(fd: int) -> str | None:

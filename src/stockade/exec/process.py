@@ -18,7 +18,8 @@ from ..placeholders import Placeholders
 from ..plan import Context, Plan, materialize
 from ..policy.load import Overrides, load_profile
 
-if TYPE_CHECKING:  # the proxy (asyncio) is imported only when a command uses it
+if TYPE_CHECKING:  # the proxy is imported only when a command uses it
+    from ..backends.base import LaunchSpec
     from ..net.proxy import Event
     from .proxy import RunningProxy
 
@@ -86,16 +87,18 @@ class Sandboxed:
         stderr: File = None,
         backend: Backend | None = None,
         network_log: Callable[[Event], None] | None = None,
+        tty: bool = False,
     ) -> None:
+        """`tty`: stdin is a PTY slave of this command's own (a session), to be its terminal."""
         if not argv:
             raise ValueError("no command given")
         self.plan = plan
         self.timed_out = False
         self._placeholders = Placeholders(plan.placeholders)
         self._proxy: RunningProxy | None = None
+        self.spec: LaunchSpec | None = None
         if plan.unconfined:
             self.backend = None
-            self.spec = None
             self.proc = subprocess.Popen(
                 list(argv), cwd=plan.cwd, env=plan.env, stdin=stdin, stdout=stdout, stderr=stderr
             )
@@ -104,13 +107,13 @@ class Sandboxed:
         self.backend.check(plan)
         self._placeholders.__enter__()
         try:
+            endpoint = None
             if plan.network == "proxy":
                 from .proxy import start_proxy
 
                 self._proxy = start_proxy(plan, network_log)
-                self.spec = self.backend.launch(plan, list(argv), self._proxy.endpoint)  # type: ignore[call-arg]
-            else:
-                self.spec = self.backend.launch(plan, list(argv))
+                endpoint = self._proxy.endpoint
+            self.spec = self.backend.launch(plan, list(argv), endpoint, tty=tty)
             try:
                 self.proc = subprocess.Popen(
                     self.spec.argv,
@@ -125,6 +128,8 @@ class Sandboxed:
             finally:
                 self.spec.after_spawn()
         except BaseException:
+            if self.spec is not None and self.spec.cgroup is not None:
+                self.spec.cgroup.remove()
             self._stop_proxy()
             self._placeholders.__exit__(None, None, None)
             raise
@@ -152,6 +157,8 @@ class Sandboxed:
             self.backend.cleanup(self.spec, self.proc.pid)  # what the command left running in the background
             code = self.backend.finish(self.spec, rc)
         finally:
+            if self.spec is not None and self.spec.cgroup is not None:
+                self.spec.cgroup.remove()
             self._stop_proxy()  # after the command: it ends every tunnel still open
             self._placeholders.__exit__(None, None, None)
         if code is not None:

@@ -19,12 +19,14 @@ from .model import (
     ACCESS_VALUES,
     BACKENDS,
     GIT_MODES,
+    LIMIT_KEYS,
     NETWORK_MODES,
     SPECIAL_KEYS,
     WORKSPACE_ROOTS,
     Access,
     EnvPolicy,
     FsRule,
+    Limits,
     Profile,
     ProxyPolicy,
 )
@@ -40,6 +42,7 @@ PROFILE_KEYS = (
     "glob_scan_max_depth",
     "skip_missing",
     "backend",
+    "limits",
 )
 NETWORK_KEYS = ("mode", "allow", "deny", "allow_local_binding")
 ENV_KEYS = ("pass", "set", "deny")
@@ -297,6 +300,28 @@ def _env(value: Any, base: EnvPolicy, file: str, key: str) -> EnvPolicy:
     return EnvPolicy(passthrough, tuple(fixed.items()), deny)
 
 
+SIZE = re.compile(r"^(\d+)\s*([KMGT]?)i?B?$", re.IGNORECASE)
+SIZED = ("memory", "file_size")
+
+
+def _limits(value: Any, base: Limits, file: str, key: str) -> Limits:
+    """Counts are positive integers; `memory` and `file_size` also take "512M", "2G" (powers of 1024)."""
+    if not isinstance(value, dict):
+        raise ConfigError("must be a table of limit = value", file=file, key=key)
+    found: dict[str, int] = {}
+    for sub, raw in value.items():
+        if sub not in LIMIT_KEYS:
+            raise ConfigError(f"unknown limit; {_suggest(sub, LIMIT_KEYS)}", file=file, key=f"{key}.{sub}")
+        size = SIZE.match(raw.strip()) if isinstance(raw, str) and sub in SIZED else None
+        if size:
+            raw = int(size.group(1)) << (10 * " KMGT".index(size.group(2).upper() or " "))
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
+            hint = ' or a size like "512M"' if sub in SIZED else ""
+            raise ConfigError(f"must be a positive integer{hint}, not {raw!r}", file=file, key=f"{key}.{sub}")
+        found[sub] = raw
+    return replace(base, **found)
+
+
 def apply_body(profile: Profile, body: dict[str, Any], file: str, name: str) -> Profile:
     """Overlay one `[profiles.NAME]` table onto a profile."""
     prefix = f"profiles.{name}"
@@ -338,6 +363,8 @@ def apply_body(profile: Profile, body: dict[str, Any], file: str, name: str) -> 
                 key=f"{prefix}.backend",
             )
         profile = replace(profile, backend=backend)
+    if "limits" in body:
+        profile = replace(profile, limits=_limits(body["limits"], profile.limits, file, f"{prefix}.limits"))
     if "skip_missing" in body:
         if not isinstance(body["skip_missing"], bool):
             raise ConfigError("must be true or false", file=file, key=f"{prefix}.skip_missing")

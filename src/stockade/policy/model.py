@@ -64,6 +64,23 @@ class ProxyPolicy:
     allow_local_binding: bool = False  # allowed names may resolve to loopback/private addresses
 
 
+LIMIT_KEYS: tuple[str, ...] = ("memory", "processes", "cpu_seconds", "file_size", "open_files")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`[profiles.NAME.limits]`: resource limits on every process of the command (None: host's)."""
+
+    memory: int | None = None  # bytes of address space per process (RLIMIT_AS)
+    processes: int | None = None  # processes and threads the command may have at once
+    cpu_seconds: int | None = None  # CPU time per process (SIGXCPU, then SIGKILL a second later)
+    file_size: int | None = None  # bytes: the largest file a process may write (SIGXFSZ/EFBIG)
+    open_files: int | None = None  # descriptors per process (RLIMIT_NOFILE)
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(k, v) for k in LIMIT_KEYS if (v := getattr(self, k)) is not None]
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -78,6 +95,7 @@ class Profile:
     description: str = ""
     config_files: tuple[str, ...] = ()  # the files it was read from: never writable inside
     backend: str = "auto"  # auto: bubblewrap where it works, else Landlock
+    limits: Limits = field(default_factory=Limits)
 
     def with_rules(self, rules: list[FsRule]) -> Profile:
         """Later rules for the same key replace earlier ones; order is kept otherwise."""

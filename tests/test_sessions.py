@@ -153,6 +153,26 @@ def asyncio_api(backend: str, cwd: str) -> dict[str, object]:
     return asyncio.run(main())
 
 
+def thread_exit(backend: str, cwd: str) -> dict[str, object]:
+    """A session started from a thread that then ends (asyncio's and the MCP SDK's workers do)."""
+    import threading
+
+    from stockade.exec import SessionManager
+
+    m = SessionManager(cwd=cwd, roots=[cwd], backend=backend)
+    box: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: box.setdefault("s", m.start("read line; echo got-$line")))
+    worker.start()
+    worker.join()
+    time.sleep(1.5)
+    session = box["s"]
+    alive = session.running  # type: ignore[attr-defined]
+    session.write("late\n")  # type: ignore[attr-defined]
+    out = session.read(10_000)  # type: ignore[attr-defined]
+    m.close_all()
+    return {"alive": alive, "out": [out.stdout, out.exit_code]}
+
+
 def contained(backend: str, cwd: str, config: str) -> dict[str, object]:
     """A fork bomb and a memory hog in sessions under `[limits]`; this process stays usable."""
     from stockade.exec import SessionManager
@@ -174,6 +194,7 @@ def contained(backend: str, cwd: str, config: str) -> dict[str, object]:
 
 if __name__ == "__main__":
     scenarios = {"interactive": interactive, "fifty": fifty, "limits": limits, "asyncio": asyncio_api}
+    scenarios["thread_exit"] = thread_exit
     print(json.dumps({**scenarios, "contained": contained}[sys.argv[1]](*sys.argv[2:])))
 
 
@@ -216,6 +237,12 @@ def test_asyncio_api_never_blocks_the_loop(who: Who, workspace: Path, backend: s
     assert out["slept"] == ["slept\n", 0], out["slept"]
     assert out["ticks_while_waiting"] >= 10, out  # the loop ran while a read waited half a second
     assert out["listed"] == ["1", "2"], out
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "landlock"])
+def test_a_session_outlives_the_thread_that_started_it(who: Who, workspace: Path, backend: str) -> None:
+    out = drive(who, "thread_exit", backend, workspace)
+    assert out == {"alive": True, "out": ["got-late\n", 0]}, out
 
 
 def test_fork_bomb_and_memory_hog_in_sessions_are_contained(who: Who, workspace: Path) -> None:

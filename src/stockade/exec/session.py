@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import itertools
 import os
 import struct
@@ -21,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import StockadeError
@@ -249,7 +251,8 @@ class SessionManager:
         else:
             streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         try:
-            sandboxed = Sandboxed(plan, argv, tty=tty, **streams)  # type: ignore[arg-type]
+            spawn = functools.partial(Sandboxed, plan, argv, tty=tty, **streams)  # type: ignore[arg-type]
+            sandboxed = _spawner().submit(spawn).result()
         except BaseException:
             if master is not None:
                 os.close(master)
@@ -313,6 +316,19 @@ class SessionManager:
 
 
 _live: weakref.WeakSet[SessionManager] = weakref.WeakSet()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """The one thread that spawns every session. The sandbox ends when the thread that spawned
+    it ends (the parent-death signal is per thread), and callers' threads come and go: asyncio's
+    workers, the MCP SDK's (reaped after 10 s idle). This one lives as long as the process."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockade-spawner")
+        return _pool
 
 
 @atexit.register

@@ -50,12 +50,13 @@ def interactive(backend: str, cwd: str) -> dict[str, object]:
     pipes.write("input\n")
     got = pipes.read(10_000)
     out["pipes"] = [got.stdout, got.stderr, got.running, got.exit_code]
-    marker = f"stockade-session-{os.getpid()}"
-    bg = m.start(f"(exec -a {marker} sleep 1000) & echo started")
+    marker = f"sleep 1000.{os.getpid()}"  # /bin/sh is dash here: no `exec -a`
+    ran = f"bg-ran-{os.getpid()}"  # the grandchild really started before the shell exits
+    bg = m.start(f"(touch {ran}; exec {marker}) & while [ ! -e {ran} ]; do sleep 0.01; done; echo started")
     got = bg.read(10_000)  # returns as soon as the shell exits: from the process, not from EOF
     out["background"] = [got.stdout, got.running, got.exit_code]
     time.sleep(0.3)
-    left = subprocess.run(["pgrep", "-f", f"^{marker}"], capture_output=True, text=True).stdout
+    left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True).stdout
     out["background_left"] = left
     big = m.start(f"{sys.executable} -c \"import sys; sys.stdout.write('x' * 5_000_000)\"")
     got = big.read(10_000, limit=4096)
@@ -173,6 +174,18 @@ def thread_exit(backend: str, cwd: str) -> dict[str, object]:
     return {"alive": alive, "out": [out.stdout, out.exit_code]}
 
 
+def abandoned(backend: str, cwd: str, marker: str, how: str) -> dict[str, object]:
+    """Start sessions and never close them: exit normally, or wait to be SIGKILLed."""
+    from stockade.exec import SessionManager
+
+    m = SessionManager(cwd=cwd, roots=[cwd], backend=backend)
+    for tty in (False, True):
+        m.start(f"bash -c 'exec -a {marker} sleep 1000'", tty=tty).read(300)
+    print(json.dumps({"started": True}), flush=True)
+    sys.stdin.readline()  # the test has seen the sessions; now exit (or be killed meanwhile)
+    return {}
+
+
 def contained(backend: str, cwd: str, config: str) -> dict[str, object]:
     """A fork bomb and a memory hog in sessions under `[limits]`; this process stays usable."""
     from stockade.exec import SessionManager
@@ -195,6 +208,7 @@ def contained(backend: str, cwd: str, config: str) -> dict[str, object]:
 if __name__ == "__main__":
     scenarios = {"interactive": interactive, "fifty": fifty, "limits": limits, "asyncio": asyncio_api}
     scenarios["thread_exit"] = thread_exit
+    scenarios["abandoned"] = abandoned
     print(json.dumps({**scenarios, "contained": contained}[sys.argv[1]](*sys.argv[2:])))
 
 
@@ -243,6 +257,39 @@ def test_asyncio_api_never_blocks_the_loop(who: Who, workspace: Path, backend: s
 def test_a_session_outlives_the_thread_that_started_it(who: Who, workspace: Path, backend: str) -> None:
     out = drive(who, "thread_exit", backend, workspace)
     assert out == {"alive": True, "out": ["got-late\n", 0]}, out
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "landlock"])
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_sessions_end_when_python_exits_or_dies(who: Who, workspace: Path, backend: str, how: str) -> None:
+    marker = f"stockade-abandoned-{os.getpid()}-{who.name}-{backend}-{how}"
+    argv = [who.python, __file__, "abandoned", backend, str(workspace), marker, how]
+    proc = subprocess.Popen(
+        argv,
+        cwd=workspace,
+        env=who.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        **who._popen_kw(),  # type: ignore[arg-type]
+    )
+    assert proc.stdout is not None
+    assert "started" in proc.stdout.readline()
+    deadline = time.monotonic() + 10
+    while len(pgrep(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pgrep(marker)) == 2, "the sessions did not start"
+    if how == "kill":
+        proc.kill()
+    proc.communicate("exit\n", timeout=30)
+    deadline = time.monotonic() + 10
+    while pgrep(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pgrep(marker) == [], "a session outlived the Python process that started it"
+
+
+def pgrep(marker: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", f"^{marker}"], capture_output=True, text=True).stdout.split()
 
 
 def test_fork_bomb_and_memory_hog_in_sessions_are_contained(who: Who, workspace: Path) -> None:

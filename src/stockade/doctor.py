@@ -248,12 +248,29 @@ def check_environment(refused: bool) -> list[Check]:
     return checks
 
 
+def check_limits() -> Check:
+    """Which backend can hold `[limits] processes` here: the one limit that needs more than rlimits."""
+    from .backends.limits import pids_cgroup_problem
+
+    why = pids_cgroup_problem()
+    if why is None:
+        detail = "processes: a pids cgroup can be made here (both backends)"
+        return Check("limits", True, detail, required=False)
+    if os.geteuid() == 0:
+        detail = f"processes: refused here ({why}; as root RLIMIT_NPROC does not count)"
+    else:
+        detail = f"processes: bubblewrap counts them in its user namespace; Landlock refuses ({why})"
+    fix = "delegate a cgroup with the pids controller to this user (systemd: Delegate=pids)"
+    return Check("limits", os.geteuid() != 0, detail, fix, required=False)
+
+
 def diagnose() -> Report:
     """Every check, in reading order; the sandbox try runs first because the others refer to it."""
     binary = find_bwrap()
     tried = check_sandbox_try(binary)
     path = binary.path if binary else "/usr/bin/bwrap"
     checks = [check_bwrap(binary), *check_sysctls(tried.ok, path), tried, check_seccomp(), check_landlock()]
+    checks.append(check_limits())
     refused = binary is not None and not tried.ok
     return Report(tuple(checks + check_environment(refused)), binary)
 

@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include "bridge.h"
+#include "fdpass.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,21 +46,7 @@ static int unix_connect(const char *path) {
 }
 
 static void hand_off(int handoff, int fd) {
-    char byte = 'C';
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    while (sendmsg(handoff, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-    }
+    (void)send_fd(handoff, fd, MSG_NOSIGNAL);
     close(fd); /* the proxy holds it now (or it is refused, and the client sees it close) */
 }
 

@@ -28,6 +28,7 @@
  */
 #define _GNU_SOURCE
 #include "guard.h"
+#include "fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -287,22 +288,8 @@ int guard_install(int sock, const char **what) {
                                 SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
                                 &fprog);
     if (listener < 0) return errno;
-    char byte = 'L';
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &listener, sizeof(int));
     *what = "guard handover";
-    while (sendmsg(sock, &msg, 0) < 0)
-        if (errno != EINTR) return errno;
+    if (send_fd(sock, listener, 0) != 0) return errno;
     close(listener);
     close(sock);
     return 0;

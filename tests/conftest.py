@@ -140,7 +140,8 @@ def _base_env(home: str, pythonpath: str | None) -> dict[str, str]:
     return env
 
 
-DISTRIBUTIONS = ("mcp",)  # copied whole with what they require (the dev extras' heavier parts)
+# Copied whole, with what they require, for the unprivileged user: the dev extras' heavier parts.
+DISTRIBUTIONS = ("mcp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
 
 
 def _closure(names: Sequence[str]) -> list[importlib.metadata.Distribution]:

@@ -7,6 +7,7 @@ Exit status: the command's own; 128+N when it died of signal N (or stockade got 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-network", metavar="FILE", help="append every proxy decision to FILE, one JSON line each"
     )
+    run.add_argument(
+        "--audit", metavar="FILE", help="append one JSON line per command to FILE (see [audit] in config)"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     explain = sub.add_parser("explain", help="print the materialized Plan")
     _policy_flags(explain)
@@ -97,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "--root", metavar="DIR", action="append", default=[], help="a workspace root (default: cwd)"
     )
     mcp.add_argument("--backend", choices=("auto", "bwrap", "landlock"))
+    mcp.add_argument("--audit", metavar="FILE", help="append one JSON line per session to FILE")
     profiles = sub.add_parser("profiles", help="list the profiles available here")
     profiles.add_argument("--config", metavar="FILE")
     profiles.add_argument("--root", metavar="DIR", action="append", default=[])
@@ -121,6 +126,9 @@ def _plan(args: argparse.Namespace) -> Any:
     )
 
 
+HINTS = 5  # refusals named on stderr after a command; the rest are counted
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -130,8 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import subprocess
 
     from .exec import Sandboxed
+    from .exec.process import recorder_for
 
     plan = _plan(args)
+    recorder = recorder_for(plan, args.config, args.audit)
     got: list[int] = []
     running: list[Sandboxed] = []
 
@@ -151,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_event = json_lines(open(args.log_network, "a"))  # noqa: SIM115 (open while it runs)
         except OSError as exc:
             raise StockadeError(f"--log-network {args.log_network}: {exc.strerror}") from None
-    sandboxed = Sandboxed(plan, command, network_log=on_event)
+    sandboxed = Sandboxed(plan, command, network_log=on_event, recorder=recorder, parent_env=os.environ)
     running.append(sandboxed)
     if got:
         sandboxed.kill()
@@ -161,6 +171,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         sandboxed.timed_out = True
         sandboxed.kill()
     code = sandboxed.finish()
+    for denial in sandboxed.denials[:HINTS]:
+        print(denial.hint(plan.profile), file=sys.stderr)
+    if len(sandboxed.denials) > HINTS:
+        print(f"stockade: ... and {len(sandboxed.denials) - HINTS} more refusals", file=sys.stderr)
+    recorder.close()  # bounded: a collector that is down costs at most a few seconds
     if got:
         return 128 + got[0]
     if sandboxed.timed_out:
@@ -280,7 +295,9 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         from .mcp_server import serve
     except ImportError as exc:
         raise StockadeError(str(exc)) from None
-    return serve(roots=args.root, profile=args.profile, config=args.config, backend=args.backend)
+    return serve(
+        roots=args.root, profile=args.profile, config=args.config, backend=args.backend, audit=args.audit
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ SECRET_PATTERNS = (
     "*DSN*",
     "*WEBHOOK*",
     "VAULT_*",
+    "OTEL_EXPORTER_OTLP_*HEADERS",  # the collector's API key usually travels here
     # Side doors to host services, useless (unreachable) inside anyway.
     "SSH_AGENT_PID",
     "GPG_AGENT_INFO",

@@ -123,15 +123,27 @@ def _cap(limit: int) -> int:
     return min(max(limit, 256), READ_CAP)
 
 
-def serve(*, roots: list[str], profile: str | None, config: str | None, backend: str | None) -> int:
+def serve(
+    *,
+    roots: list[str],
+    profile: str | None,
+    config: str | None,
+    backend: str | None,
+    audit: str | None = None,
+) -> int:
     """Run the server on stdin/stdout until the client goes away; every session ends with it."""
     from .exec import prepare
+    from .exec.process import recorder_for
 
     roots = [os.path.realpath(r) for r in roots] or [os.path.realpath(os.getcwd())]
     plan = prepare(cwd=roots[0], profile=profile, roots=roots, config=config, backend=backend)  # fail now
-    manager = SessionManager(cwd=roots[0], profile=profile, roots=roots, config=config, backend=backend)
+    recorder = recorder_for(plan, config, audit)
+    manager = SessionManager(
+        cwd=roots[0], profile=profile, roots=roots, config=config, backend=backend, recorder=recorder
+    )
     try:
         build_server(manager, roots, plan.profile).run("stdio")
     finally:
         manager.close_all()
+        recorder.close()
     return 0

@@ -52,6 +52,7 @@ class LaunchSpec:
     supervisor: bool = False  # the spawned process ends the whole sandbox when sent SIGTERM
     remove_after: list[str] = field(default_factory=list)  # private directories made for this run
     cgroup: PidsCgroup | None = None  # limits.processes where RLIMIT_NPROC cannot count it
+    report_fd: int | None = None  # read end: "OP\tPATH\tPATH2" per call the backend refused
 
     def after_spawn(self) -> None:
         for fd in self.close_after_spawn:

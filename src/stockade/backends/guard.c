@@ -443,10 +443,64 @@ static int resolve_at(int base, const char *path, int follow, int depth, struct 
     return 0;
 }
 
+/* ---- reporting refusals (stockade names the rule that blocked them) -------------------- */
+
+int guard_report_fd = -1;
+static char seen[2][PATH_MAX]; /* the paths the current request named, made absolute */
+static int n_seen;
+
+static void remember(const char *link, const char *path) {
+    if (guard_report_fd < 0 || n_seen >= 2) return;
+    char *out = seen[n_seen++];
+    ssize_t n = 0;
+    if (!path || path[0] != '/') {
+        n = readlink(link, out, PATH_MAX - 2);
+        if (n < 0) n = 0;
+    }
+    out[n] = '\0';
+    if (path) snprintf(out + n, (size_t)(PATH_MAX - n), "%s%s", n ? "/" : "", path);
+}
+
+static const char *op_name(long nr) {
+    static const struct { long nr; const char *name; } ops[] = {
+#ifdef SYS_open
+        {SYS_open, "open"}, {SYS_creat, "create"}, {SYS_mkdir, "mkdir"}, {SYS_mknod, "mknod"},
+        {SYS_symlink, "symlink"}, {SYS_unlink, "unlink"}, {SYS_rmdir, "rmdir"}, {SYS_link, "link"},
+        {SYS_rename, "rename"}, {SYS_chmod, "chmod"}, {SYS_chown, "chown"}, {SYS_lchown, "chown"},
+        {SYS_utime, "utimes"}, {SYS_utimes, "utimes"}, {SYS_futimesat, "utimes"},
+#endif
+        {SYS_openat, "open"}, {SYS_mkdirat, "mkdir"}, {SYS_mknodat, "mknod"}, {SYS_symlinkat, "symlink"},
+        {SYS_unlinkat, "unlink"}, {SYS_linkat, "link"}, {SYS_renameat, "rename"}, {SYS_renameat2, "rename"},
+        {SYS_truncate, "truncate"}, {SYS_fchmod, "chmod"}, {SYS_fchown, "chown"}, {SYS_fchmodat, "chmod"},
+        {SYS_fchmodat2, "chmod"}, {SYS_fchownat, "chown"}, {SYS_utimensat, "utimes"},
+        {SYS_setxattr, "setxattr"}, {SYS_lsetxattr, "setxattr"}, {SYS_fsetxattr, "setxattr"},
+        {SYS_removexattr, "removexattr"}, {SYS_lremovexattr, "removexattr"},
+        {SYS_fremovexattr, "removexattr"},
+    };
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (ops[i].nr == nr) return ops[i].name;
+    return "syscall";
+}
+
+/* One line per refused call, never blocking the command: a full pipe drops the report. */
+static void report(const struct seccomp_notif *req) {
+    if (guard_report_fd < 0 || !n_seen) return;
+    static char line[2 * PATH_MAX + 32];
+    int n = snprintf(line, sizeof line, "%s\t%s\t%s\n", op_name((long)req->data.nr), seen[0],
+                     n_seen > 1 ? seen[1] : "");
+    if (n > 0 && (size_t)n < sizeof line && write(guard_report_fd, line, (size_t)n) < 0) {
+    }
+}
+
 static int resolve(pid_t tid, int dirfd, const char *path, int follow, struct target *t) {
     int base = open_base(tid, dirfd, path);
     t->parent = t->obj = -1;
     if (base < 0) return base;
+    if (guard_report_fd >= 0) {
+        char link[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", base);
+        remember(link, path);
+    }
     int r = resolve_at(base, path, follow, 0, t);
     close(base);
     return r;
@@ -460,6 +514,7 @@ static int resolve_fd(pid_t tid, int fd, struct target *t) {
     t->trailing_slash = 0;
     if (fd < 0) return -EBADF;
     snprintf(p, sizeof p, "/proc/%d/fd/%d", tid, fd);
+    remember(p, NULL);
     t->obj = open(p, O_PATH | O_CLOEXEC);
     if (t->obj < 0) return errno == ENOENT ? -EBADF : -errno;
     if (fstat(t->obj, &t->st) != 0) {
@@ -962,7 +1017,9 @@ void guard_serve_one(int listener) {
     }
     memset(req, 0, req_size);
     if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, req) != 0) return; /* EINTR, or it went away */
+    n_seen = 0;
     long out = handle(listener, req);
+    if (out == -EACCES || out == -EPERM) report(req);
     if (out == 1 && (req->data.nr == SYS_openat
 #ifdef SYS_open
                      || req->data.nr == SYS_open || req->data.nr == SYS_creat

@@ -13,6 +13,9 @@ int guard_install(int sock, const char **what);
 /* In the supervisor: receive the listener from `sock` (-1 if the command failed first). */
 int guard_receive(int sock);
 
+/* Where refusals are reported ("OP\tPATH\tPATH2\n" per refused call; -1: nowhere). */
+extern int guard_report_fd;
+
 /* Answer one notification waiting on `listener`. */
 void guard_serve_one(int listener);
 

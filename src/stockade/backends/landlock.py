@@ -388,9 +388,12 @@ class LandlockBackend:
         supervisor_fd = self._ruleset_fd(ruleset.for_supervisor(), "supervisor")
         filter_fd = _memfd("stockade-seccomp", bpf)
         guard_fd = _memfd("stockade-guard", ruleset.guard_entries())
-        fds = (status_w, ruleset_fd, filter_fd, guard_fd, supervisor_fd)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(report_w, False)  # a full pipe drops reports, never stalls the guard
+        fds = (status_w, ruleset_fd, filter_fd, guard_fd, supervisor_fd, report_w)
         rlimits, cgroup = limits.prepare_limits(plan.limits, self.name)
-        options = ["--cgroup", cgroup.procs] if cgroup else []
+        options = ["--report", str(report_w)]
+        options += ["--cgroup", cgroup.procs] if cgroup else []
         options += ["--limits", rlimits] if rlimits else []
         return LaunchSpec(
             argv=llexec.spec_argv(
@@ -409,6 +412,7 @@ class LandlockBackend:
             supervisor=True,
             remove_after=[private] if private else [],
             cgroup=cgroup,
+            report_fd=report_r,
         )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:

@@ -9,7 +9,8 @@
  *       every process the command starts is counted by its pids.max;
  *       --limits: "as=N,nproc=N,cpu=N,fsize=N,nofile=N" (any subset), set as both soft and
  *       hard limits (cpu: hard one second later, so SIGXCPU comes first) right before PROG is
- *       exec'd; "--" then execs PROG directly (inside bubblewrap).
+ *       exec'd; "--" then execs PROG directly (inside bubblewrap);
+ *       --report FD: the guard writes "OP\tPATH\tPATH2\n" there for every call it refuses.
  *
  * Why a separate binary: the restrictions must reach the sandboxed command only, never the
  * stockade process, and applying them in a Python preexec_fn forces fork() (no vfork), runs
@@ -204,9 +205,12 @@ static void apply_limits(void) {
 }
 
 int main(int argc, char **argv) {
-    while (argc > 2 && (strcmp(argv[1], "--cgroup") == 0 || strcmp(argv[1], "--limits") == 0)) {
+    while (argc > 2 && (strcmp(argv[1], "--cgroup") == 0 || strcmp(argv[1], "--limits") == 0 ||
+                        strcmp(argv[1], "--report") == 0)) {
         if (argv[1][2] == 'c') join_cgroup(argv[2]);
-        else limits_spec = argv[2];
+        else if (argv[1][2] == 'l') limits_spec = argv[2];
+        else if (parse_fd(argv[2], &guard_report_fd) && guard_report_fd >= 0)
+            fcntl(guard_report_fd, F_SETFD, FD_CLOEXEC); /* the supervisor's alone */
         argc -= 2;
         argv += 2;
     }

@@ -29,7 +29,9 @@ from pathlib import Path
 from ..state import find_state_dir
 
 SOURCE = Path(__file__).with_name("llexec.c")
-SOURCES = tuple(SOURCE.with_name(n) for n in ("llexec.c", "guard.c", "guard.h", "bridge.c", "bridge.h", "fdpass.h"))
+SOURCES = tuple(
+    SOURCE.with_name(n) for n in ("llexec.c", "guard.c", "guard.h", "bridge.c", "bridge.h", "fdpass.h")
+)
 SYS_LANDLOCK_RESTRICT_SELF = 446  # the same number on every architecture
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4

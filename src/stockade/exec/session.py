@@ -11,6 +11,7 @@ the middle (first half and latest half kept) and the reader sees a marker saying
 from __future__ import annotations
 
 import atexit
+import contextvars
 import fcntl
 import functools
 import itertools
@@ -24,9 +25,13 @@ import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
-from .process import Sandboxed, prepare
+
+if TYPE_CHECKING:
+    from ..telemetry import Recorder
+from .process import Sandboxed, prepare, recorder_for
 
 BUFFER_CAP = 1 << 20  # unread bytes kept per stream
 READ_CAP = 64 * 1024  # returned per read
@@ -133,6 +138,7 @@ class Session:
         if not self.running:
             raise StockadeError(f"session {self.id} has exited (status {self.exit_code}): nothing reads")
         raw = data.encode() if isinstance(data, str) else data
+        self.sandboxed.span.event("stockade.write_stdin", {"bytes": len(raw)})
         stdin = self.sandboxed.proc.stdin
         fd = self._master if self._master is not None else stdin.fileno()  # type: ignore[union-attr]
         self.last_used = time.monotonic()
@@ -211,11 +217,13 @@ class SessionManager:
         keep_newest: int = 4,
         idle_timeout: float = 1800,
         wall_limit: float | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.cwd, self.profile, self.roots = cwd, profile, tuple(roots)
         self.config, self.backend = config, backend
         self.max_sessions, self.keep_newest = max_sessions, keep_newest
         self.idle_timeout, self.wall_limit = idle_timeout, wall_limit
+        self.recorder = recorder  # None: what the config files' [telemetry] and [audit] say
         self.sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -251,8 +259,13 @@ class SessionManager:
         else:
             streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         try:
-            spawn = functools.partial(Sandboxed, plan, argv, tty=tty, **streams)  # type: ignore[arg-type]
-            sandboxed = _spawner().submit(spawn).result()
+            if self.recorder is None:
+                self.recorder = recorder_for(plan, self.config)
+            spawn = functools.partial(
+                Sandboxed, plan, argv, tty=tty, recorder=self.recorder, kind="session", **streams
+            )  # type: ignore[arg-type]
+            # The caller's context rides along: its current span is the session span's parent.
+            sandboxed = _spawner().submit(contextvars.copy_context().run, spawn).result()
         except BaseException:
             if master is not None:
                 os.close(master)

@@ -31,7 +31,7 @@ from .model import (
     ProxyPolicy,
 )
 
-TOP_KEYS = ("profile", "profiles")
+TOP_KEYS = ("profile", "profiles", "telemetry", "audit")
 PROFILE_KEYS = (
     "extends",
     "description",
@@ -67,6 +67,7 @@ class Layer:
     profile: str | None
     profiles: dict[str, dict[str, Any]]
     stamp: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the file when it was read
+    telemetry: Any = None  # its [telemetry]/[audit] tables, validated (telemetry.config.LayerSettings)
 
 
 def parse_layer(file: str, data: dict[str, Any]) -> Layer:
@@ -89,7 +90,12 @@ def parse_layer(file: str, data: dict[str, Any]) -> Layer:
                     file=file,
                     key=f"profiles.{name}.{key}",
                 )
-    return Layer(file, profile, profiles)
+    settings = None
+    if "telemetry" in data or "audit" in data:
+        from ..telemetry.config import parse_tables  # validated now, like every other table
+
+        settings = parse_tables(file, data.get("telemetry"), data.get("audit"))
+    return Layer(file, profile, profiles, telemetry=settings)
 
 
 _file_cache: dict[str, tuple[tuple[int, int], Layer]] = {}

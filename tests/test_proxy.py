@@ -6,7 +6,9 @@ Names resolve through the hosts mapping the tests give the proxy; every name her
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import os
 import socket
 import socketserver
 import struct
@@ -250,6 +252,31 @@ def test_many_concurrent_tunnels_all_get_their_bytes(servers: dict[str, int]) ->
         assert len(results) == 200
         wrong = {i: r[:200] for i, r in results.items() if r != f"PAYLOAD-{i}-".encode() * 500}
         assert not wrong, f"{len(wrong)} tunnels lost bytes: {next(iter(wrong.items()))}"
+    finally:
+        thread.close()
+
+
+def test_a_large_tunnel_keeps_every_byte_in_both_directions(servers: dict[str, int]) -> None:
+    """32 MiB each way through one tunnel (the relay splices through a pipe: partial moves)."""
+    thread = start(("ok.test", "127.0.0.1"))
+    payload = os.urandom(32 << 20)
+    try:
+        with connect(thread) as sock:
+            sock.sendall(f"CONNECT ok.test:{servers['echo']} HTTP/1.1\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+
+            def send() -> None:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            got = receive_all(sock)
+            sender.join()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload.upper()).digest(), len(got)
     finally:
         thread.close()
 

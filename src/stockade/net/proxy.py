@@ -8,13 +8,16 @@ resolution). Denied HTTP requests get a 403 whose body names the rule; SOCKS5 ge
 by ruleset". Every decision becomes an Event.
 
 Plain threads and blocking sockets, one thread per direction of a connection: a relay then
-moves bytes with recv_into/sendall in 1 MiB steps and no event loop in between (an asyncio
-relay measured 13% of direct throughput here, this one several times that: bench_proxy.py).
+moves bytes with splice(2) through a 1 MiB pipe, so they never enter Python and are not copied
+on the way (an asyncio relay measured 13% of direct throughput here, recv_into/sendall about
+60%, splice about 90%: bench_proxy.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -30,6 +33,7 @@ from .rules import Decision, HostRules, RuleError, normalize_host, parse_address
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031
 
 
 @dataclass(frozen=True)
@@ -254,17 +258,43 @@ class FilteringProxy:
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """One direction. (splice(2) through a pipe measured no faster here: memory bandwidth.)"""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    """One direction: spliced through a pipe (the bytes never enter Python), or copied where
+    splice(2) does not apply. Either side's failure ends both directions."""
     try:
-        while n := src.recv_into(buf):
-            dst.sendall(view[:n])
+        src.settimeout(None)  # blocking fds: splice would see EAGAIN on a socket with a timeout
+        dst.settimeout(None)
+        if not _splice(src.fileno(), dst.fileno()):
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while n := src.recv_into(buf):
+                dst.sendall(view[:n])
         dst.shutdown(socket.SHUT_WR)
-    except OSError:  # one side failed: end both directions
+    except OSError:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _splice(src: int, dst: int) -> bool:
+    """Move everything from src to dst through a pipe; False if splice cannot start here."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # a bigger pipe, fewer calls (refused above pipe-max-size)
+            fcntl.fcntl(write_end, F_SETPIPE_SZ, CHUNK)
+        try:
+            moved = os.splice(src, write_end, CHUNK, flags=os.SPLICE_F_MOVE)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                return False
+            raise
+        while moved:
+            while moved:
+                moved -= os.splice(read_end, dst, moved, flags=os.SPLICE_F_MOVE)
+            moved = os.splice(src, write_end, CHUNK, flags=os.SPLICE_F_MOVE)
+        return True
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def _exactly(sock: socket.socket, count: int, deadline: float) -> bytes:

@@ -57,8 +57,8 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "bwrap", "landlock"),
-        help="enforcement: auto (default) uses bubblewrap where it works, else Landlock",
+        choices=("auto", "bwrap", "landlock", "seatbelt"),
+        help="auto (default): bubblewrap where it works, else Landlock; seatbelt: macOS (experimental)",
     )
     p.add_argument(
         "--env",
@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="print the materialized Plan")
     _policy_flags(explain)
     explain.add_argument("--json", action="store_true", help="print the Plan as JSON")
+    explain.add_argument(
+        "--platform",
+        choices=("linux", "macos"),
+        default="linux",
+        help="macos: print the Seatbelt profile this Plan becomes (experimental)",
+    )
     sub.add_parser("doctor", help="say whether this host can sandbox, and how to fix it").add_argument(
         "--json", action="store_true"
     )
@@ -100,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--root", metavar="DIR", action="append", default=[], help="a workspace root (default: cwd)"
     )
-    mcp.add_argument("--backend", choices=("auto", "bwrap", "landlock"))
+    mcp.add_argument("--backend", choices=("auto", "bwrap", "landlock", "seatbelt"))
     mcp.add_argument("--audit", metavar="FILE", help="append one JSON line per session to FILE")
     profiles = sub.add_parser("profiles", help="list the profiles available here")
     profiles.add_argument("--config", metavar="FILE")
@@ -258,6 +264,12 @@ def _backend_line(plan: Any) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     plan = _plan(args)
+    if args.platform == "macos":
+        from .backends.macos import render
+
+        print(";; the Plan materialized on this host, rendered for sandbox-exec -p (experimental)")
+        print(render(plan, proxy_port=3128 if plan.network == "proxy" else None), end="")
+        return 0
     if args.json:
         import json
 

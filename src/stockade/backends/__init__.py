@@ -19,6 +19,10 @@ _bwrap_works: bool | None = None
 
 
 def _make(name: str) -> Backend:
+    if name == "seatbelt":  # experimental; its check() refuses anywhere but macOS
+        from .macos import SeatbeltBackend
+
+        return SeatbeltBackend()
     if name not in _made:
         if not sys.platform.startswith("linux"):
             raise SandboxUnavailable(f"stockade cannot sandbox on {sys.platform} yet; nothing was run")
@@ -93,6 +97,8 @@ def select_backend(plan: Plan) -> Backend:
     """The backend the Plan asked for, or for `auto` the strongest that works here."""
     if plan.backend != "auto":
         return _make(plan.backend)
+    if sys.platform == "darwin":
+        return _make("seatbelt")
     reasons = []
     try:
         backend = _make("bwrap")

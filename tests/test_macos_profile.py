@@ -8,15 +8,17 @@ Set STOCKADE_REGEN_GOLDEN=1 to rewrite the golden files after a deliberate chang
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from stockade.backends.macos import DEVICES, MACH_SERVICES, MINIMAL, _interpreter, quote, render
+from stockade.backends.macos import DEVICES, MACH_SERVICES, MINIMAL, _interpreter, glob_regex, quote, render
 from stockade.errors import UnsupportedPolicy
-from stockade.plan import PathRule, Plan
+from stockade.plan import GlobEntry, PathRule, Plan
 
 GOLDEN = Path(__file__).with_name("golden") / "seatbelt"
 OPERATIONS = {
@@ -24,7 +26,7 @@ OPERATIONS = {
     "file-read-metadata", "file-read*", "file-write*", "file-write-data", "file-write-unlink",
     "process-exec", "network*", "network-outbound",
 }  # fmt: skip
-FILTERS = {"subpath", "literal", "global-name", "target", "remote"}
+FILTERS = {"subpath", "literal", "regex", "global-name", "target", "remote"}
 BUILTIN = "<built-in profiles>: profiles.workspace.filesystem."
 
 
@@ -32,8 +34,14 @@ def rule(path: str, access: str, reason: str = "test", *, pinned: bool = False) 
     return PathRule(path, access, "dir", reason, path, pinned)  # type: ignore[arg-type]
 
 
-def plan(rules: list[PathRule], network: str = "off", roots: tuple[str, ...] = ("/Users/a/repo",)) -> Plan:
-    return Plan("workspace", False, roots[0], roots, tuple(rules), (), network, "/tmp", {}, {})
+def plan(
+    rules: list[PathRule],
+    network: str = "off",
+    roots: tuple[str, ...] = ("/Users/a/repo",),
+    globs: tuple[GlobEntry, ...] = (),
+) -> Plan:
+    p = Plan("workspace", False, roots[0], roots, tuple(rules), (), network, "/tmp", {}, {})
+    return dataclasses.replace(p, globs=globs)
 
 
 def workspace_plan() -> Plan:
@@ -48,9 +56,16 @@ def workspace_plan() -> Plan:
             rule(f"{repo}/.git", "write", "git = protect", pinned=True),
             rule(f"{repo}/.git/config", "read", "git = protect"),
             rule(f"{repo}/.git/hooks", "read", "git = protect"),
-            rule(f"{repo}/.env", "deny", BUILTIN + "'**/.env'"),
+            dataclasses.replace(rule(f"{repo}/.env", "deny", BUILTIN + "'**/.env'"), glob=True),
+            rule(f"{repo}/.env.example", "read", "test: '.env.example'"),
             rule(f"{repo}/.stockade", "read", "protected .stockade"),
-        ]
+            rule(f"{repo}/sub", "write", "test: a deeper writable entry"),
+        ],
+        globs=(
+            GlobEntry("/Users/a/.ssh/known_hosts*", "read", BUILTIN + "'~/.ssh/known_hosts*'", 8),
+            GlobEntry(f"{repo}/**/.env", "deny", BUILTIN + "'**/.env'", 8),
+            GlobEntry(f"{repo}/**/.env.*", "deny", BUILTIN + "'**/.env.*'", 8),
+        ),
     )
 
 
@@ -124,6 +139,7 @@ def check_structure(text: str, p: Plan) -> list[list[object]]:
             elif isinstance(item, list):
                 assert item[0] in FILTERS, item
     known = {r.path for r in p.rules} | set(MINIMAL) | set(DEVICES) | set(MACH_SERVICES) | set(_interpreter())
+    known |= {glob_regex(g.pattern, g.depth) for g in p.globs}
     known |= {"/", "localhost:3128"}
     stray = [text for text in strings(forms) if text not in known]
     assert not stray, f"strings that are no path of the Plan: {stray}"
@@ -144,8 +160,10 @@ def decide(forms: list[list[object]], op: str, path: str) -> str:
             continue
         for f in (x for x in form[1:] if isinstance(x, list)):
             target = strings(f)[0] if strings(f) else ""
-            hit = (f[0] == "subpath" and (path == target or path.startswith(target.rstrip("/") + "/"))) or (
-                f[0] == "literal" and path == target
+            hit = (
+                (f[0] == "subpath" and (path == target or path.startswith(target.rstrip("/") + "/")))
+                or (f[0] == "literal" and path == target)
+                or (f[0] == "regex" and re.search(target, path) is not None)
             )
             if hit:
                 verdict = str(form[0])
@@ -189,6 +207,12 @@ def test_every_profile_is_well_formed(name: str) -> None:
         ("/etc/passwd", "allow", "deny"),
         ("/private/tmp/x", "allow", "allow"),
         ("/dev/null", "allow", "allow"),
+        ("/Users/a/repo/later/made/.env", "deny", "deny"),  # created after launch: the regex holds it
+        ("/Users/a/repo/sub/.env", "deny", "deny"),  # under a deeper writable entry
+        ("/Users/a/repo/sub/.env.local", "deny", "deny"),
+        ("/Users/a/repo/.env.example", "allow", "deny"),  # an exact entry beats the glob
+        ("/Users/a/repo/.envrc", "allow", "allow"),
+        ("/Users/a/.ssh/known_hosts.old", "allow", "deny"),  # a read glob reopens inside a deny
     ],
 )
 def test_seatbelt_decides_like_the_plan(path: str, read: str, write: str) -> None:
@@ -253,3 +277,41 @@ def test_cli_explain_prints_the_profile_and_seatbelt_refuses_to_run_on_linux(tmp
         text=True,
     )
     assert run.returncode == 2 and "macOS only" in run.stderr and not marker.exists(), run.stderr
+
+
+def fnmatch_path(pattern: str, path: str, depth: int) -> bool:
+    """The Plan's glob semantics, per component (fnmatch), `**` spanning 0..depth directories."""
+    pats, parts = pattern.strip("/").split("/"), path.strip("/").split("/")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(pats):
+            return True  # the match, or something below it
+        if pats[i] == "**":
+            return any(match(i + 1, j + k) for k in range(depth + 1) if j + k <= len(parts))
+        return j < len(parts) and fnmatch.fnmatchcase(parts[j], pats[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "/r/**/.env",
+        "/r/**/.env.*",
+        "/r/build/**/*.key",
+        "/h/.ssh/known_hosts*",
+        "/r/[!a]?.(x)",
+        "/r/a+b/*.[ch]",
+    ],
+)
+def test_glob_regexes_match_what_the_plan_matches(pattern: str) -> None:
+    paths = [
+        "/r/.env", "/r/a/b/.env", "/r/.env/inner", "/r/.envx", "/r/a.env", "/r/.env.local", "/r/x/.env.",
+        "/r/build/k.key", "/r/build/a/b/c.key", "/r/build/a.keys", "/h/.ssh/known_hosts",
+        "/h/.ssh/known_hosts2", "/r/^x", "/r/yy", "/r/xx",
+        "/h/.ssh/id", "/r/b1.(x)", "/r/a1.(x)", "/r/b1.x", "/r/a+b/m.c", "/r/aab/m.c", "/r/a+b/m.o",
+        "/r/1/2/3/.env", "/r/1/2/3/4/.env",
+    ]  # fmt: skip
+    rx = re.compile(glob_regex(pattern, 3))
+    for path in paths:
+        assert bool(rx.match(path)) == fnmatch_path(pattern, path, 3), (pattern, path, rx.pattern)

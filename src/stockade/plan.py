@@ -84,6 +84,17 @@ class Placeholder:
 
 
 @dataclass(frozen=True)
+class GlobEntry:
+    """A glob as written (absolute), kept beside its matches: a backend that judges paths when
+    they are used (Seatbelt) covers files created later too; mounts only cover the matches."""
+
+    pattern: str
+    access: Access
+    reason: str
+    depth: int  # `**` spans at most this many directories (glob_scan_max_depth)
+
+
+@dataclass(frozen=True)
 class Plan:
     profile: str
     unconfined: bool
@@ -99,6 +110,7 @@ class Plan:
     backend: str = "auto"  # which backend the profile asked for (auto|bwrap|landlock)
     proxy: ProxyPolicy | None = None  # network "proxy": the hosts the filtering proxy lets through
     limits: Limits = field(default_factory=Limits)  # resource limits on every process inside
+    globs: tuple[GlobEntry, ...] = ()  # the patterns behind the `glob` entries above
 
     def access(self, path: str) -> Access | None:
         """Effective access of a canonical path; None when it is not visible."""
@@ -376,6 +388,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
             "glob_scan_max_depth, give the pattern a longer fixed prefix, or narrow the workspace roots",
             key=source,
         ) from None
+    glob_entries: list[GlobEntry] = []
     for rule, items in wanted:
         for item in items:
             reason = item.reason or rule.source
@@ -383,6 +396,9 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
                 b.add(os.path.normpath(item.path), rule.access, reason, item.required)
                 continue
             found = matches[item.path]
+            glob_entries.append(
+                GlobEntry(os.path.normpath(item.path), rule.access, reason, profile.glob_scan_max_depth or 0)
+            )
             if not found and not _builtin(reason):
                 b.notes.append(f"{reason}: {item.path} matches nothing now")
             for path in found:
@@ -432,4 +448,5 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         profile.backend,
         profile.proxy if profile.network == "proxy" else None,
         profile.limits,
+        tuple(glob_entries),
     )

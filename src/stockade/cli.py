@@ -93,9 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print the Plan as JSON")
     explain.add_argument(
         "--platform",
-        choices=("linux", "macos"),
+        choices=("linux", "macos", "windows"),
         default="linux",
-        help="macos: print the Seatbelt profile this Plan becomes (experimental)",
+        help="macos: the Seatbelt profile; windows: the ACL, SID and firewall plan (experimental)",
+    )
+    explain.add_argument(
+        "--windows-backend",
+        choices=("elevated", "restricted"),
+        default="elevated",
+        help="with --platform windows: which Windows backend to render for",
     )
     sub.add_parser("doctor", help="say whether this host can sandbox, and how to fix it").add_argument(
         "--json", action="store_true"
@@ -270,6 +276,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(";; the Plan materialized on this host, rendered for sandbox-exec -p (experimental)")
         print(render(plan, proxy_port=3128 if plan.network == "proxy" else None), end="")
         return 0
+    if args.platform == "windows":
+        return _explain_windows(plan, args)
     if args.json:
         import json
 
@@ -278,6 +286,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(render_plan(plan, _backend_line(plan)))
+    return 0
+
+
+def _explain_windows(plan: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from .backends.windows import HostFs, SidStore
+    from .backends.windows import render as render_windows
+
+    state = SidStore(None)  # explain never writes the SID map
+    ports = (3128,) if plan.network == "proxy" else ()
+    wp = render_windows(plan, backend=args.windows_backend, state=state, fs=HostFs(), proxy_ports=ports)
+    if args.json:
+        print(json.dumps(wp.to_json(), indent=2))
+    else:
+        print("# the Plan materialized on this host, as a Windows enforcement plan (experimental)")
+        print(wp.describe(), end="")
     return 0
 
 

@@ -43,7 +43,9 @@ class WindowsBackend:
         )
 
     def render(self, plan: Plan, proxy_ports: tuple[int, ...] = ()) -> WindowsPlan:
-        return render(plan, backend=self.mode, state=SidStore(self.state_file), fs=HostFs(), proxy_ports=proxy_ports)
+        return render(
+            plan, backend=self.mode, state=SidStore(self.state_file), fs=HostFs(), proxy_ports=proxy_ports
+        )
 
     def check(self, plan: Plan) -> None:
         if sys.platform != "win32":
@@ -73,8 +75,17 @@ class WindowsBackend:
         if count:
             env["GIT_CONFIG_COUNT"] = str(count)
         helper = [sys.executable, "-m", "stockade.backends.windows.apply"]
-        helper += ["--plan", plan_file, "--state", self.state_file, "--started", os.path.join(private, STARTED)]
-        return LaunchSpec(argv=[*helper, "--", *argv], env=env, cwd=plan.cwd, supervisor=True, remove_after=[private])
+        helper += [
+            "--plan",
+            plan_file,
+            "--state",
+            self.state_file,
+            "--started",
+            os.path.join(private, STARTED),
+        ]
+        return LaunchSpec(
+            argv=[*helper, "--", *argv], env=env, cwd=plan.cwd, supervisor=True, remove_after=[private]
+        )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
         started = bool(spec.remove_after) and os.path.exists(os.path.join(spec.remove_after[0], STARTED))

@@ -27,8 +27,10 @@ def account_for(network: str) -> str:
 def _address_ranges_without(keep: str) -> list[str]:
     """Every address of `keep`'s family except `keep`, as at most two `a-b` ranges."""
     addr = ipaddress.ip_address(keep)
-    top = ipaddress.ip_address((1 << addr.max_prefixlen) - 1) if addr.version == 4 else ipaddress.IPv6Address(
-        (1 << 128) - 1
+    top = (
+        ipaddress.ip_address((1 << addr.max_prefixlen) - 1)
+        if addr.version == 4
+        else ipaddress.IPv6Address((1 << 128) - 1)
     )
     low = ipaddress.ip_address(0) if addr.version == 4 else ipaddress.IPv6Address(0)
     out = []

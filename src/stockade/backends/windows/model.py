@@ -14,6 +14,8 @@ from typing import Any, Literal
 from .paths import path_key
 
 AceKind = Literal["allow", "deny"]
+CAPABILITY_PREFIX = "S-1-15-3-"  # the SIDs stockade derives (sids.py): the only ones it manages
+RESTRICTED_CODE = "S-1-5-12"  # granted by objects meant for restricted tokens (the NUL device)
 Backend = Literal["elevated", "restricted"]
 
 
@@ -102,7 +104,13 @@ class Ace:
 
     def identity(self) -> tuple[str, str, str, int, int]:
         """What makes two ACEs the same on disk (paths compare as Windows does: case-folded)."""
-        return (self.principal.upper(), path_key(self.path), self.kind, mask(self.rights, self.kind), self.inherit.value)
+        return (
+            self.principal.upper(),
+            path_key(self.path),
+            self.kind,
+            mask(self.rights, self.kind),
+            self.inherit.value,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,8 +181,9 @@ class WindowsPlan:
     notes: tuple[str, ...] = ()
 
     def principals(self) -> frozenset[str]:
-        """The principals this plan manages: reconciliation may only touch their ACEs."""
-        own = set(self.token_sids)
+        """The principals this plan manages: reconciliation may only touch their ACEs (never the
+        well-known SIDs a token also carries, such as restricted code)."""
+        own = {sid for sid in self.token_sids if sid.startswith(CAPABILITY_PREFIX)}
         if self.account is not None:
             own.add(self.sids[f"account {self.account}"])
         return frozenset(own)
@@ -210,16 +219,44 @@ class WindowsPlan:
             notes=tuple(data["notes"]),
         )
 
+    def describe(self) -> str:
+        """The plan as text, for `stockade explain --platform windows` (JSON: `to_json()`)."""
+        label = {sid: name for name, sid in self.sids.items()}
+        who = f"as {self.account}" if self.account else "as the caller"
+        out = [f"windows plan ({self.backend}, {who}; experimental)"]
+        out += [f"refused: {r}" for r in self.refusals]
+        out.append("token (write-restricted): " + ", ".join(label.get(s, s) for s in self.token_sids))
+        out += [f"  {name}: {sid}" for name, sid in self.sids.items()]
+        for ace in self.aces:
+            flags = "|".join(_names(ace.inherit)) or "this object only"
+            rights = "|".join(_names(ace.rights))
+            out.append(
+                f"{ace.kind:5} {label.get(ace.principal, ace.principal)}: {rights} ({flags}) {ace.path}"
+                f"  <- {ace.reason}"
+            )
+        for rule in self.firewall:
+            ports = f" ports {','.join(rule.remote_ports)}" if rule.remote_ports else ""
+            out.append(f"firewall: block {rule.protocol} to {','.join(rule.remote_addresses)}{ports}")
+        out += [f"safe.directory: {d}" for d in self.safe_directory]
+        out += [f"created first ({c.kind}): {c.path}" for c in self.create_first]
+        out += [f"must already be unreadable (no ACE may go there): {p}" for p in self.verify_unreadable]
+        out += [f"note: {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
     def with_account_sid(self, sid: str) -> WindowsPlan:
         """The same plan with the sandbox account's placeholder principal replaced by its SID."""
         if self.account is None:
             return self
         label = f"account {self.account}"
         old = self.sids[label]
-        aces = tuple(Ace(sid if a.principal == old else a.principal, a.path, a.kind, a.rights, a.inherit, a.reason)
-                     for a in self.aces)  # fmt: skip
+        aces = tuple(
+            Ace(sid if a.principal == old else a.principal, a.path, a.kind, a.rights, a.inherit, a.reason)
+            for a in self.aces
+        )
         rules = tuple(
             FirewallRule(**{**f.__dict__, "principal": sid if f.principal == old else f.principal})
             for f in self.firewall
         )
-        return WindowsPlan(**{**self.__dict__, "sids": {**self.sids, label: sid}, "aces": aces, "firewall": rules})
+        return WindowsPlan(
+            **{**self.__dict__, "sids": {**self.sids, label: sid}, "aces": aces, "firewall": rules}
+        )

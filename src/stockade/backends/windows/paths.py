@@ -8,15 +8,16 @@ kind), so tests drive the renderer with a dict instead of a disk.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ntpath
 import os
-from collections.abc import Iterable
 from typing import Literal, Protocol
 
 FsKind = Literal["dir", "file", "link", "missing"]
 MAX_LISTED = 200_000  # directories one glob may list before it is refused as too broad
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def path_key(path: str) -> str:
     """The form two paths are compared in: normalized, `\\` separators, case-folded (NTFS is
     case-insensitive), no `\\\\?\\` prefix, no trailing separator except at a drive root."""
@@ -28,6 +29,7 @@ def path_key(path: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def parent(path: str) -> str:
     """The directory holding `path` (itself at a drive root)."""
     head = ntpath.dirname(path.rstrip("\\/") or path)
@@ -44,13 +46,15 @@ def depth(path: str) -> int:
     return len([p for p in path_key(path).split("\\") if p])
 
 
-def ancestors(key: str) -> Iterable[str]:
+@functools.lru_cache(maxsize=1 << 14)
+def ancestors(key: str) -> tuple[str, ...]:
     """The keys strictly above `key`, nearest first."""
+    out = []
     while True:
         up = ntpath.dirname(key)
         if up == key or not up:
-            return
-        yield up
+            return tuple(out)
+        out.append(up)
         key = up
 
 

@@ -18,9 +18,9 @@ import re
 import tempfile
 from typing import Any
 
+from .model import CAPABILITY_PREFIX  # the capability authority: never a user or a group
 from .paths import path_key
 
-CAPABILITY_PREFIX = "S-1-15-3"  # SECURITY_CAPABILITY_BASE_RID authority: never a user or group
 GENERIC_LABEL = "stockade: tmp and extra writable roots"
 _CAP_SID = re.compile(r"^S-1-15-3(-\d{1,10}){8}$")
 _ACCOUNT_SID = re.compile(r"^S-1-5-21(-\d{1,10}){4}$")  # a local account (machine SID + RID)
@@ -30,7 +30,7 @@ def derive_sid(label: str) -> str:
     """A capability SID from a label: eight 32-bit sub-authorities of its SHA-256."""
     digest = hashlib.sha256(label.encode("utf-8")).digest()
     subs = [int.from_bytes(digest[i : i + 4], "big") for i in range(0, 32, 4)]
-    return CAPABILITY_PREFIX + "".join(f"-{s}" for s in subs)
+    return CAPABILITY_PREFIX + "-".join(str(s) for s in subs)
 
 
 def workspace_label(root: str) -> str:
@@ -65,7 +65,9 @@ class SidStore:
         if self.generic is None and isinstance(generic, str) and _valid_cap(generic):
             self.generic = generic
         accounts = data.get("accounts", {})
-        self.accounts.update({k: v for k, v in accounts.items() if isinstance(v, str) and _ACCOUNT_SID.match(v)})
+        self.accounts.update(
+            {k: v for k, v in accounts.items() if isinstance(v, str) and _ACCOUNT_SID.match(v)}
+        )
 
     def _read(self) -> dict[str, Any]:
         if self.path is None:
@@ -104,7 +106,9 @@ class SidStore:
 
     def known(self) -> frozenset[str]:
         """Every SID stockade has granted to (what a full cleanup may remove)."""
-        return frozenset({*self.cap_sid.values(), *self.accounts.values(), *([self.generic] if self.generic else [])})
+        return frozenset(
+            {*self.cap_sid.values(), *self.accounts.values(), *([self.generic] if self.generic else [])}
+        )
 
     def save(self) -> None:
         """Write atomically, merged with what another run wrote meanwhile (theirs kept for their keys)."""

@@ -296,22 +296,8 @@ int guard_install(int sock, const char **what) {
 }
 
 int guard_receive(int sock) {
-    char byte;
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf};
-    ssize_t n;
-    while ((n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-    }
+    int listener = recv_fd(sock); /* -1: the command failed before it could send one */
     close(sock);
-    struct cmsghdr *cmsg = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
-    if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) return -1; /* the command failed before */
-    int listener;
-    memcpy(&listener, CMSG_DATA(cmsg), sizeof(int));
     return listener;
 }
 

@@ -381,3 +381,23 @@ def test_home_credentials_are_hidden_by_default_and_overridable(who: Who, worksp
             path.unlink()
         for d in made:
             d.rmdir()
+
+
+def test_a_root_whose_name_looks_like_a_glob_is_that_directory_only(who: Who, workspace: Path) -> None:
+    """`p[1]` as a pattern matches `p1`: joined unescaped, the root's own `.env` stayed readable,
+    the root read-only and its sibling `p1` writable. Names of roots are never patterns."""
+    root, sibling, out = workspace / "p[1]", workspace / "p1", workspace / "out*[x]"
+    for d in (root, sibling, out):
+        d.mkdir()
+    (root / ".env").write_text("TOPSECRET")
+    (root / "key.pem").write_text("TOPSECRET")
+    who.own(workspace)
+    script = (
+        "cat .env; echo rc=$?; cat key.pem; echo rc=$?; echo x > ../p1/planted; echo rc=$?;"
+        "echo ok > made && echo made; echo ok > '../out*[x]/made' && echo extra"
+    )
+    done = who.sandbox(script, root, "--root", str(root), "--deny", "*.pem", "--writable", str(out))
+    assert "TOPSECRET" not in done.stdout
+    assert failed(done, 3, then=["made", "extra"]), done.stdout + done.stderr
+    assert not (sibling / "planted").exists()
+    assert (root / "made").read_text() == "ok\n" and (out / "made").read_text() == "ok\n"

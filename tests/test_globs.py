@@ -237,3 +237,23 @@ def test_the_store_keeps_only_the_most_recently_used_bases(
         settle()
         globs.expand_all([str(base / "**/.env")], 8, globcache.DiskStore(str(state)))
     assert len(list(state.glob("globs-*.cache"))) == 2
+
+
+def test_escaped_names_are_literal_and_walks_start_below_them(tmp_path: Path, listed: Counter[str]) -> None:
+    base = tree(tmp_path / "p[1]", ["a.py", "sub/b.py"])
+    tree(tmp_path / "p1", ["a.py"])
+    assert globs.literal("p[[]1]") == "p[1]" and globs.literal("[*][?]") == "*?"
+    assert globs.literal("p[12]") is None and globs.literal("*") is None
+    assert not globs.is_pattern(globs.escape(str(base))) and globs.is_pattern(str(base))
+    pattern = globs.escape(str(base)) + "/**/*.py"
+    assert globs.split(pattern) == (str(base), "**/*.py")
+    found = globs.expand(pattern, 4)
+    assert rel(tmp_path, found) == ["p[1]/a.py", "p[1]/sub/b.py"]
+    assert str(tmp_path) not in listed  # the walk started at the root itself, not its parent
+    # The same root folded into a wider walk keeps its name literal.
+    both = globs.expand_all([pattern, str(tmp_path) + "/*/a.py"], 4)
+    assert rel(tmp_path, both[pattern]) == ["p[1]/a.py", "p[1]/sub/b.py"]
+    assert rel(tmp_path, both[str(tmp_path) + "/*/a.py"]) == ["p1/a.py", "p[1]/a.py"]
+    # A path whose every name is escaped matches itself, and only if it exists.
+    assert globs.expand(globs.escape(str(base / "a.py")), 0) == [str(base / "a.py")]
+    assert globs.expand(globs.escape(str(base / "zz")), 0) == []

@@ -96,6 +96,31 @@ def test_a_key_the_ssh_config_names_is_never_reopened_by_known_hosts(tmp: Path) 
     assert plan(tmp / "repo", home).access(str(home / ".ssh/known_hosts_deploy")) == "deny"
 
 
+def test_names_that_look_like_globs_stay_literal_in_roots_home_and_ssh_config(tmp: Path) -> None:
+    """A root `r[1]`, a home `h[*]` and a key `id[1]` are those paths; a `%h` token is the only
+    wildcard an SSH config makes, and the rest of its path stays literal."""
+    home = fake_home(tmp / "h[x]")
+    repo = tmp / "r[1]"
+    for d in (repo, tmp / "r1", tmp / "hx"):
+        d.mkdir()
+        write(d / ".env")
+    write(home / ".ssh/config", "Include conf.d/*\nIdentityFile ~/.keys/id[1]\nIdentityFile ~/.ssh/%h-key\n")
+    for key in (".keys/id[1]", ".keys/id1", ".ssh/work-key"):
+        write(home / key, "SECRET")
+    write(tmp / "hx/.ssh/work-key", "elsewhere")
+    p = plan(repo, home)
+    assert p.access(str(repo)) == "write" and p.access(str(repo / ".env")) == "deny"
+    assert p.access(str(tmp / "r1")) == "read" and p.access(str(tmp / "r1/.env")) == "read"  # like `/`
+    assert p.access(str(home / ".keys/id[1]")) == "deny" and p.access(str(home / ".keys/id1")) == "read"
+    for key in (".ssh/work-key", ".ssh/id_ed25519", ".keys/deploy key"):  # the last from an Include
+        assert p.access(str(home / key)) == "deny", key
+    assert p.access(str(tmp / "hx/.ssh/work-key")) == "read"
+    assert not any(r.path.startswith(str(tmp / "hx")) for r in p.rules)
+    # A profile key is a glob as written: `[[]` is how a literal `[` is named there.
+    p = plan(repo, home, deny=[str(tmp / "r[[]1]/notes")], read=[str(tmp / "r1")])
+    assert p.access(str(repo / "notes")) == "deny" and p.access(str(tmp / "r1/notes")) == "read"
+
+
 def test_home_grant_is_its_children_minus_the_sensitive_ones(tmp: Path) -> None:
     home = tmp / "home"
     (home / "link-to-ssh").symlink_to(home / ".ssh")
@@ -174,8 +199,9 @@ def test_unbounded_and_root_globs_exit_2_and_run_nothing(tmp: Path) -> None:
 # --- enforcement ---------------------------------------------------------------------------
 
 
-def test_secrets_are_unreadable_through_their_paths_and_aliases(who: Who, workspace: Path) -> None:
-    home = fake_home(who.mkdtemp("home-"))
+@pytest.mark.parametrize("name", ["home-", "home[1]-"])  # a home named like a glob is no glob
+def test_secrets_are_unreadable_through_their_paths_and_aliases(who: Who, workspace: Path, name: str) -> None:
+    home = fake_home(who.mkdtemp(name))
     for rel in (".env", "a/b/.env.local"):
         write(workspace / rel, "SECRET-DOTENV")
     write(workspace / "a/ok.txt", "fine")

@@ -36,17 +36,44 @@ class TooBroad(Exception):
         self.pattern = pattern
 
 
+_ESCAPED = re.compile(r"(?:[^*?[]|\[[*?[]\])*\Z")
+_ESCAPE = re.compile(r"\[([*?[])\]")
+
+
 def has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
+def escape(path: str) -> str:
+    """A literal path as a pattern matching only itself: a directory called `p[1]` is no glob."""
+    return re.sub(r"([*?[])", r"[\1]", path)
+
+
+def literal(part: str) -> str | None:
+    """The one name a pattern component matches when all its magic is escaped (`[[]`, `[*]`,
+    `[?]`); None when it is a real wildcard."""
+    if not has_magic(part):
+        return part
+    return unescape(part) if _ESCAPED.match(part) else None
+
+
+def is_pattern(path: str) -> bool:
+    """Whether `path` matches more than one name: it has magic that is not escaped."""
+    return has_magic(path) and any(literal(part) is None for part in path.split("/"))
+
+
+def unescape(path: str) -> str:
+    """The path a pattern without real wildcards (`is_pattern` is false) stands for."""
+    return _ESCAPE.sub(r"\1", path)
+
+
 def split(pattern: str) -> tuple[str, str]:
-    """(fixed directory prefix, the rest): the walk starts at the prefix."""
+    """(fixed directory prefix as a real path, the rest as a pattern): the walk starts at the prefix."""
     parts = pattern.split("/")
-    for i, part in enumerate(parts):
-        if has_magic(part):
-            return "/".join(parts[:i]) or "/", "/".join(parts[i:])
-    return pattern, ""
+    names = [literal(part) for part in parts]
+    fixed = next((i for i, name in enumerate(names) if name is None), len(parts))
+    base = "/".join(names[:fixed]) or "/"  # type: ignore[arg-type]
+    return base, "/".join(parts[fixed:])
 
 
 def normalize(pattern: str) -> str:
@@ -92,7 +119,8 @@ def _intern(parts: tuple[str, ...], limit: int) -> int:
                 part = part.replace("**", "*")
             raw.append(part)
             # `*` and `?` match a leading dot too: a deny pattern errs towards hiding more.
-            segments.append(re.compile(fnmatch.translate(part)) if has_magic(part) else part)
+            name = literal(part)
+            segments.append(name if name is not None else re.compile(fnmatch.translate(part)))
         pid = _pattern_ids[key] = len(_patterns)
         _patterns.append(_Pattern(tuple(segments), limit))
         _raw.append(tuple(raw))
@@ -288,7 +316,7 @@ def expand_all(patterns: Iterable[str], max_depth: int, store: Store | None = No
     walks: dict[str, list[tuple[str, tuple[str, ...], int]]] = {}
     for base in sorted(bases, key=len):
         outer = next((w for w in walks if base == w or base.startswith(w.rstrip("/") + "/")), base)
-        prefix = tuple(p for p in base[len(outer) :].split("/") if p)
+        prefix = tuple(escape(p) for p in base[len(outer) :].split("/") if p)
         for original, rest in bases[base]:
             parts = tuple(p for p in rest.split("/") if p)
             limit = len(prefix) + (max_depth if STARSTAR in parts else len(parts))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from . import globs
 from .policy.builtin import SECRET_HOME_PATHS
 
 # Sensitive whatever the profile says: the credentials the `workspace` profile denies, and
@@ -24,11 +23,10 @@ SENSITIVE = (
 
 
 def sensitive_paths(home: str, extra: Iterable[str]) -> set[str]:
-    """Absolute sensitive paths, lexical and canonical; a glob stands for its fixed prefix."""
+    """Absolute sensitive paths (literal: a glob's caller passes its fixed prefix), lexical and
+    canonical."""
     out: set[str] = set()
     for path in [*(os.path.join(home, p) for p in SENSITIVE), *extra]:
-        if globs.has_magic(path):
-            path = globs.split(path)[0]
         path = os.path.normpath(path)
         out.add(path)
         out.add(os.path.realpath(path))

@@ -145,6 +145,7 @@ class Item(NamedTuple):
     path: str
     required: bool = True  # a missing path is an error (unless the profile skips missing ones)
     reason: str | None = None
+    pattern: bool = False  # `path` is a glob; its literal parts (a root, home) are escaped
 
 
 def _user_name(ctx: Context) -> str:
@@ -170,16 +171,28 @@ class _Builder:
     def paths(self, rule: FsRule) -> list[Item]:
         """Concrete lexical paths (or absolute globs) for one rule."""
         home = self.ctx.home
+        # What the user wrote may be a glob (`[[]` escapes a `[`); the roots and the home it is
+        # joined to are always literal, whatever their names hold.
+        pattern = globs.is_pattern(rule.path)
+        fixed = globs.escape if pattern else str
+        written = rule.path if pattern else globs.unescape(rule.path)
         if rule.anchor is None:
-            path = home + rule.path[1:] if rule.path.startswith("~") else rule.path
-            if rule.access != "deny" and os.path.normpath(path) in (home, os.path.realpath(home)):
+            path = fixed(home) + written[1:] if written.startswith("~") else written
+            is_home = os.path.normpath(path) in (home, os.path.realpath(home))
+            if is_home and not pattern and rule.access != "deny":
                 return self._home(rule)
             # Built-in entries name paths a host may not have (~/.aws): optional, never an error.
-            return [Item(path, not _builtin(rule.source))]
+            items = [Item(path, not _builtin(rule.source), pattern=pattern)]
+            if pattern and rule.access == "deny":  # a deny errs towards hiding more: also the
+                items += self._as_named(home + rule.path[1:] if written.startswith("~") else rule.path)
+            return items
         if rule.anchor == WORKSPACE_ROOTS:
             if rule.path == ".":
                 return [Item(root) for root in self.roots]
-            return [Item(os.path.join(root, rule.path)) for root in self.roots]
+            items = [Item(os.path.join(fixed(root), written), pattern=pattern) for root in self.roots]
+            if pattern and rule.access == "deny":
+                items += [i for root in self.roots for i in self._as_named(os.path.join(root, rule.path))]
+            return items
         if rule.anchor == ":root":
             return [Item("/")]
         if rule.anchor == ":minimal":
@@ -197,7 +210,7 @@ class _Builder:
         if rule.anchor == ":ssh_keys":
             items = []
             for p in self.ssh_paths():
-                if p.secret and globs.has_magic(p.path) and globs.split(p.path)[0] == "/":
+                if p.secret and p.pattern and globs.split(p.path)[0] == "/":
                     raise ConfigError(  # fail closed: the key would otherwise stay readable
                         f"{p.keyword} {p.path} at {p.origin} can only be denied by walking the whole "
                         "filesystem; move it under a directory, or deny it yourself and set "
@@ -205,9 +218,14 @@ class _Builder:
                         key=rule.source,
                     )
                 if p.secret:
-                    items.append(Item(p.path, False, f"{rule.source} ({p.keyword} at {p.origin})"))
+                    items.append(Item(p.path, False, f"{rule.source} ({p.keyword} at {p.origin})", p.pattern))
             return items
         raise ConfigError(f"special path {rule.anchor} is not supported here", key=rule.source)
+
+    @staticmethod
+    def _as_named(path: str) -> list[Item]:
+        """A denied pattern's text read as a plain path (a file really called `id[1]`), if it exists."""
+        return [Item(path, False)] if os.path.lexists(path) else []
 
     def ssh_paths(self) -> tuple[SshPath, ...]:
         if self._ssh is None:
@@ -218,7 +236,8 @@ class _Builder:
         return self._ssh
 
     def _home(self, rule: FsRule) -> list[Item]:
-        sensitive = home.sensitive_paths(self.ctx.home, (p.path for p in self.ssh_paths()))
+        ssh = (globs.split(p.path)[0] if p.pattern else p.path for p in self.ssh_paths())
+        sensitive = home.sensitive_paths(self.ctx.home, ssh)
         grants, notes = home.home_grants(self.ctx.home, sensitive)
         self.notes += [f"{rule.source}: {n}" for n in notes]
         self.home_grants.update(os.path.realpath(g) for g in grants)
@@ -374,7 +393,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         )
     b = _Builder(profile, ctx, roots)
     wanted = [(rule, b.paths(rule)) for rule in profile.filesystem]
-    patterns = [item.path for _, items in wanted for item in items if globs.has_magic(item.path)]
+    patterns = [item.path for _, items in wanted for item in items if item.pattern]
     # One walk per base directory for every pattern of the profile together.
     try:
         matches: dict[str, list[str]] = {}
@@ -392,7 +411,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
     for rule, items in wanted:
         for item in items:
             reason = item.reason or rule.source
-            if not globs.has_magic(item.path):
+            if not item.pattern:
                 b.add(os.path.normpath(item.path), rule.access, reason, item.required)
                 continue
             found = matches[item.path]

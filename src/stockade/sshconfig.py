@@ -12,8 +12,10 @@ import glob
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from . import globs
 
 _NAMES = "IdentityFile CertificateFile UserKnownHostsFile GlobalKnownHostsFile RevokedHostKeys ControlPath"
 KEYWORDS = {k.lower(): k for k in [*_NAMES.split(), "IdentityAgent"]}
@@ -33,6 +35,7 @@ class SshPath:
     path: str  # absolute and normalized; `*` where a runtime token stood
     keyword: str  # canonical spelling, e.g. "IdentityFile"
     origin: str  # "<config file>:<line>", for explain
+    pattern: bool = False  # `path` is a glob (with everything but the `*` escaped)
 
     @property
     def secret(self) -> bool:
@@ -148,10 +151,11 @@ class _Walk:
         if depth >= MAX_DEPTH:
             self.notes.append(f"{origin}: Include nested deeper than {MAX_DEPTH}; {arg} not followed")
             return
-        pattern = self.expand(arg, origin)
-        if pattern is None:
+        # A glob with the wildcards as written; what was substituted (a home called `h[1]`) is literal.
+        expanded = self.expand(arg, origin, globs.escape)
+        if expanded is None:
             return
-        pattern = os.path.normpath(os.path.join(incdir, pattern))
+        pattern = os.path.normpath(os.path.join(globs.escape(incdir), expanded[0]))
         self.globs[pattern] = matches = tuple(sorted(glob.glob(pattern)))
         for path in matches:  # a pattern matching nothing is ignored, as OpenSSH does
             self.parse(path, incdir, depth + 1, origin)
@@ -159,7 +163,7 @@ class _Walk:
     def value(self, keyword: str, arg: str, origin: str) -> None:
         if not arg or arg.lower() == "none":
             return
-        name = ""
+        name, wild = "", False
         if keyword == "IdentityAgent" and arg == "SSH_AUTH_SOCK":
             name = arg
         elif keyword == "IdentityAgent" and arg.startswith("$") and not arg.startswith("${"):
@@ -169,37 +173,52 @@ class _Walk:
             if path is None and name != "SSH_AUTH_SOCK":  # an unset SSH_AUTH_SOCK is ordinary
                 self.notes.append(f"{origin}: ${name} is not set; {keyword} {arg} ignored")
         else:
-            path = self.expand(arg, origin)
+            path, wild = self.expand(arg, origin) or (None, False)
+            if wild:  # a glob only where a runtime token stood: the rest matches only itself
+                path = (self.expand(arg, origin, globs.escape, globs.escape) or ("", False))[0]
         if path:
             # ssh would resolve a relative path against its cwd; the home directory is the likeliest.
-            path = os.path.normpath(os.path.join(self.home, path))
-            self.paths.setdefault((path, keyword), SshPath(path, keyword, origin))
+            home = globs.escape(self.home) if wild else self.home
+            path = os.path.normpath(os.path.join(home, path))
+            self.paths.setdefault((path, keyword), SshPath(path, keyword, origin, wild))
 
-    def expand(self, arg: str, origin: str) -> str | None:
-        """Tilde, then %-tokens and ${VAR}; None (with a note) if it cannot be expanded."""
+    def expand(
+        self, arg: str, origin: str, quote: Callable[[str], str] = str, quote_text: Callable[[str], str] = str
+    ) -> tuple[str, bool] | None:
+        """(text, whether a runtime token became `*`) after tilde, %-tokens and ${VAR}; None (with
+        a note) if it cannot be expanded. `quote` is applied to what was substituted (home, a
+        variable), `quote_text` to the text as written."""
+        prefix = ""
         if arg == "~" or arg.startswith("~/"):
-            arg = self.home + arg[1:]
+            prefix, arg = self.home, arg[1:]
         elif arg.startswith("~"):
-            expanded = os.path.expanduser(arg)
-            if expanded == arg:
+            user, sep, rest = arg.partition("/")
+            expanded = os.path.expanduser(user)
+            if expanded == user:
                 self.notes.append(f"{origin}: unknown user in {arg}; ignored")
                 return None
-            arg = expanded
+            prefix, arg = expanded, sep + rest
         missing: list[str] = []
-
-        def sub(m: re.Match[str]) -> str:
+        out = [quote(prefix)]
+        wild = False
+        at = 0
+        for m in _TOKEN.finditer(arg):
+            out.append(quote_text(arg[at : m.start()]))
+            at = m.end()
             if m[2] is None:
-                return {"d": self.home, "u": self.user, "i": str(self.uid), "%": "%"}.get(m[1], "*")
+                value = {"d": self.home, "u": self.user, "i": str(self.uid), "%": "%"}.get(m[1])
+                wild = wild or value is None
+                out.append("*" if value is None else quote(value))
+                continue
             value = self.getenv(m[2])
             if value is None:
                 missing.append(m[2])
-            return value or ""
-
-        out = _TOKEN.sub(sub, arg)
+            out.append(quote(value or ""))
+        out.append(quote_text(arg[at:]))
         if missing:
-            self.notes.append(f"{origin}: ${{{missing[0]}}} is not set; {arg} ignored")
+            self.notes.append(f"{origin}: ${{{missing[0]}}} is not set; {prefix}{arg} ignored")
             return None
-        return out
+        return "".join(out), wild
 
 
 Result = tuple[tuple[SshPath, ...], tuple[str, ...]]

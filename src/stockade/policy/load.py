@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..globs import has_magic, split
+from ..globs import escape, is_pattern, split
 from .builtin import BUILTIN, BUILTIN_FILE, DEFAULT_PROFILE, UNCONFINED
 from .model import (
     ACCESS_VALUES,
@@ -150,7 +150,7 @@ def _access(value: Any, file: str, key: str) -> Access:
 
 
 def _is_glob(path: str) -> bool:
-    return has_magic(path)
+    return is_pattern(path)
 
 
 def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
@@ -446,14 +446,17 @@ class Overrides:
 
 
 def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> list[FsRule]:
+    """--read and --writable name directories (the shell has expanded any glob: the rest is a
+    name); --deny may be a glob. cwd is a literal prefix either way."""
     rules = []
     for raw in paths:
+        text = raw if access == "deny" else escape(raw)
         if raw == "~" or raw.startswith("~/"):
-            rule = FsRule(None, raw.rstrip("/") or "~", access, f"{flag} {raw}")  # the Plan's HOME
+            rule = FsRule(None, text.rstrip("/") or "~", access, f"{flag} {raw}")  # the Plan's HOME
         elif raw.startswith("~"):
             raise ConfigError("only ~ and ~/... are supported, not ~user", key=f"{flag} {raw}")
         else:
-            rule = FsRule(None, os.path.normpath(os.path.join(cwd, raw)), access, f"{flag} {raw}")
+            rule = FsRule(None, os.path.normpath(os.path.join(escape(cwd), text)), access, f"{flag} {raw}")
         rules.append(_checked(rule, flag, raw))
     return rules
 

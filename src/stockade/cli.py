@@ -271,7 +271,7 @@ def _backend_line(plan: Any) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     plan = _plan(args)
     if args.platform == "macos":
-        from .backends.macos import render
+        from .backends.seatbelt import render
 
         print(";; the Plan materialized on this host, rendered for sandbox-exec -p (experimental)")
         print(render(plan, proxy_port=3128 if plan.network == "proxy" else None), end="")

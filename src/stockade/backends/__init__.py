@@ -20,7 +20,7 @@ _bwrap_works: bool | None = None
 
 def _make(name: str) -> Backend:
     if name == "seatbelt":  # experimental; its check() refuses anywhere but macOS
-        from .macos import SeatbeltBackend
+        from .seatbelt import SeatbeltBackend
 
         return SeatbeltBackend()
     if name not in _made:

@@ -152,3 +152,33 @@ def test_informational_checks_never_decide() -> None:
     assert not failing.can_sandbox
     assert "FAIL  sandbox start: refused\n      fix: do this\n      fix: or that" in failing.render()
     assert "CANNOT sandbox here (no usable bubblewrap)" in failing.render()
+
+
+@pytest.mark.parametrize(
+    ("system", "name", "script"),
+    [("darwin", "Seatbelt", "scripts/smoke-macos.sh"), ("win32", "Windows", "scripts/smoke-windows.ps1")],
+)
+def test_macos_and_windows_say_experimental_and_point_at_their_smoke_script(
+    system: str, name: str, script: str
+) -> None:
+    report = diagnose(system)
+    text = report.render()
+    assert f"info  status: the {name} backend is experimental, not verified by this project" in text
+    assert f"      fix: run {script} here" in text
+    assert (Path(__file__).parents[1] / script).is_file()
+    verdict = text.splitlines()[-1]
+    assert verdict.startswith("verdict: `stockade run` ") and f"the {name} backend, experimental" in verdict
+    assert "bwrap" not in text and "bubblewrap" not in text  # none of the Linux checks
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["backend"] == report.backend and data["bwrap"] is None
+    assert [c["name"] for c in data["checks"]] == [name.lower(), "status"]
+    if system == "win32":
+        assert report.can_sandbox  # the status is informational: it never decides
+
+
+def test_the_linux_report_is_the_default_here_and_names_no_experimental_backend() -> None:
+    report = diagnose("linux")
+    assert report.backend == "" and "backend" not in report.to_json()
+    assert [c.name for c in report.checks] == [c.name for c in diagnose().checks]
+    verdict = report.render().splitlines()[-1]
+    assert verdict.startswith("verdict: `stockade run` can sandbox here with bubblewrap")

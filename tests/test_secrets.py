@@ -146,6 +146,50 @@ def test_home_grant_is_its_children_minus_the_sensitive_ones(tmp: Path) -> None:
         assert not any(r.path == str(home) for r in q.rules)
 
 
+def test_the_plan_carries_what_home_withheld_and_what_the_ssh_config_names(tmp: Path) -> None:
+    """Plan.sensitive is data for backends that must keep off these paths (ACLs on Windows)."""
+    home = tmp / "home"
+    (home / "link-to-ssh").symlink_to(home / ".ssh")
+    write(tmp / "vault/work-key", "SECRET")
+    (home / ".ssh/work-key").symlink_to(tmp / "vault/work-key")  # a key a pattern matches, via a link
+    write(home / ".ssh/config", "Include conf.d/*\nIdentityFile ~/.ssh/%h-key\n")
+    config = tmp / "p.toml"
+    config.write_text(
+        '[profiles.p]\n[profiles.p.filesystem]\n":minimal" = "read"\n":workspace_roots" = "write"\n'
+        '":home" = "write"\n'
+    )
+    p = plan(tmp / "repo", home, config=str(config), profile="p")
+    sensitive = set(p.sensitive)
+    for rel in (".ssh", ".config/gh", "link-to-ssh", ".keys/deploy key"):  # withheld children of home
+        assert str(home / rel) in sensitive, rel
+    assert "/dev/shm" in sensitive  # ControlPath /dev/shm/stockade-test-cm-%C: the pattern's fixed prefix
+    assert not any(s == g or s.startswith(g + "/") for s in sensitive for g in _home_grants(p))
+    w = plan(tmp / "repo", home)  # the workspace profile: `:ssh_keys`, no `:home`
+    assert {str(home / ".keys/deploy key"), str(home / ".ssh"), "/dev/shm"} <= set(w.sensitive)
+    assert str(tmp / "vault/work-key") in w.sensitive  # the canonical target of the matched key
+    assert w.access(str(tmp / "vault/work-key")) == "deny"
+    assert "sensitive" in w.to_json() and list(w.sensitive) == sorted(w.sensitive)
+
+
+def _home_grants(p: stockade.Plan) -> list[str]:
+    return [r.lexical for r in p.rules if r.reason.endswith("(a child of home)")]
+
+
+def test_a_plan_that_names_neither_home_nor_ssh_keys_never_reads_the_ssh_config(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stockade.plan
+
+    def refuse(*args: object, **kw: object) -> object:
+        raise AssertionError("the SSH configuration was parsed")
+
+    monkeypatch.setattr(stockade.plan, "ssh_config_paths", refuse)
+    p = plan(tmp / "repo", tmp / "home", profile="read-only")
+    assert p.sensitive == ()
+    with pytest.raises(AssertionError, match="SSH configuration was parsed"):
+        plan(tmp / "repo", tmp / "home")  # the workspace profile does: `:ssh_keys`
+
+
 def test_unlistable_home_grants_nothing_and_says_so(tmp: Path) -> None:
     p = plan(tmp / "repo", tmp / "no-such-home", profile="read-only", read=["~"])
     assert not any(r.path.startswith(str(tmp / "no-such-home")) for r in p.rules)

@@ -32,7 +32,7 @@ from stockade.backends.windows import (
 from stockade.backends.windows.firewall import port_ranges_without
 from stockade.backends.windows.model import FILE_READ_ATTRIBUTES, READ_CONTROL, SYNCHRONIZE, mask, rights_of
 from stockade.backends.windows.paths import FsKind, glob_matches
-from stockade.errors import SandboxUnavailable, UnsupportedPolicy
+from stockade.errors import SandboxUnavailable
 from stockade.plan import GlobEntry, PathRule, Placeholder, Plan
 from stockade.policy.model import Limits
 
@@ -129,6 +129,7 @@ def make_plan(
     placeholders: tuple[Placeholder, ...] = (),
     notes: tuple[str, ...] = (),
     globs: tuple[GlobEntry, ...] = (),
+    sensitive: tuple[str, ...] = (),
 ) -> Plan:
     plan = Plan(
         "workspace",
@@ -143,7 +144,7 @@ def make_plan(
         {},
         notes,
     )
-    return dataclasses.replace(plan, globs=globs)
+    return dataclasses.replace(plan, globs=globs, sensitive=sensitive)
 
 
 def workspace(
@@ -418,7 +419,7 @@ def test_home_is_never_a_target_nor_ssh_nor_an_identity_file_directory(backend: 
         rule(f"{key_dir}\\deploy", "deny", ssh, kind="file"),
         rule(HOME + "\\projects", "write", "--writable"),  # a root-like grant next to the keys
     ]
-    plan = workspace(extra=extra)
+    plan = workspace(extra=extra, sensitive=(f"{key_dir}\\deploy",))  # materialize: the IdentityFile
     if backend == "restricted":
         plan = dataclasses.replace(
             plan, rules=tuple(r for r in plan.rules if r.access != "deny"), network="on"
@@ -443,8 +444,8 @@ def test_home_is_never_a_target_nor_ssh_nor_an_identity_file_directory(backend: 
 
 def test_a_workspace_root_that_is_home_is_granted_through_its_children() -> None:
     fs = fs_for(REPO, extra_files=(f"{HOME}\\keys\\deploy", f"{HOME}\\keys\\readme"))
-    notes = (BUILTIN + "':home': not granted (sensitive): .ssh, keys\\deploy",)  # how the Plan says it
-    wp = go(workspace(roots=(HOME,), cwd=HOME, notes=notes), "elevated", fs)
+    withheld = (f"{HOME}\\.ssh", f"{HOME}\\keys\\deploy")  # what `:home` withheld, as the Plan says it
+    wp = go(workspace(roots=(HOME,), cwd=HOME, sensitive=withheld), "elevated", fs)
     sid = sid_of(wp, HOME)
     _not_a_target(wp, HOME)
     _never_reached(wp, f"{HOME}\\.ssh")
@@ -452,6 +453,41 @@ def test_a_workspace_root_that_is_home_is_granted_through_its_children() -> None
     assert can(wp, sid, f"{HOME}\\Documents\\notes.txt", Right.WRITE)
     assert can(wp, sid, f"{HOME}\\keys\\readme", Right.WRITE)
     assert not can(wp, sid, f"{HOME}\\keys\\deploy", Right.WRITE)
+
+
+def test_what_may_never_carry_an_ace_comes_from_plan_sensitive_not_from_notes_or_reasons() -> None:
+    key = f"{HOME}\\keys\\deploy"
+    fs = fs_for(REPO, extra_files=(key, f"{HOME}\\keys\\readme"))
+    # The old note format naming Documents, and a key's deny reason that names no SSH keyword.
+    notes = (BUILTIN + "':home': not granted (sensitive): Documents", "withheld, worded anyhow: keys")
+    extra = [rule(key, "deny", "a key, said any way", kind="file")]
+    plan = workspace(roots=(HOME,), cwd=HOME, extra=extra, notes=notes, sensitive=(key,))
+    wp = go(plan, "elevated", fs)
+    sid, account = sid_of(wp, HOME), wp.sids["account stockade-offline"]
+    _never_reached(wp, key)
+    assert path_key(key) in {path_key(p) for p in wp.verify_unreadable}  # checked, not stamped
+    assert can(wp, sid, f"{HOME}\\Documents\\notes.txt", Right.WRITE)  # a note withholds nothing
+    assert can(wp, sid, f"{HOME}\\keys\\readme", Right.WRITE)
+    # The field is what decides: without it the key's deny is an ACE on the key itself.
+    bare = go(dataclasses.replace(plan, sensitive=()), "elevated", fs)
+    assert any(a.principal == account and a.kind == "deny" for a in aces_at(bare, key))
+
+
+def test_a_rescanned_match_inside_a_sensitive_path_keeps_its_link_target_free_of_aces() -> None:
+    link, target = f"{HOME}\\keys\\id_work", "D:\\vault\\id_work"
+    fs = fs_for(REPO, extra_files=(target, "D:\\vault\\notes.txt"), links={link: target})
+    ssh = "':ssh_keys' (an IdentityFile pattern)"
+    plan = workspace(
+        extra=[rule("D:\\vault", "write", "--writable")],
+        globs=(GlobEntry(f"{HOME}\\keys\\id_*", "deny", ssh, 8),),
+        sensitive=(f"{HOME}\\keys",),  # materialize: a pattern's fixed prefix
+    )
+    wp = go(plan, "elevated", fs, rescan=True)
+    _never_reached(wp, target)
+    assert path_key(target) in {path_key(p) for p in wp.verify_unreadable}
+    assert can(wp, wp.sids["account stockade-offline"], "D:\\vault\\notes.txt", Right.WRITE)
+    without = go(dataclasses.replace(plan, sensitive=()), "elevated", fs, rescan=True)
+    assert aces_at(without, target)  # otherwise denied by an ACE on the key (OpenSSH rejects it)
 
 
 def test_reconciling_plan_a_then_plan_b_removes_exactly_a_leftovers_of_the_same_principal() -> None:
@@ -571,12 +607,43 @@ def test_refusals_for_what_windows_cannot_hold_and_full_access() -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="checks the refusal off Windows")
 def test_the_backend_and_applier_refuse_off_windows() -> None:
-    with pytest.raises(UnsupportedPolicy, match="Windows only"):
+    with pytest.raises(SandboxUnavailable, match="Windows only"):
         WindowsBackend().check(workspace())
     from stockade.backends.windows import apply
 
     with pytest.raises(SandboxUnavailable, match="Windows"):
         apply.apply_plan(go(workspace()), SidStore())
+
+
+def test_auto_is_the_windows_backend_on_windows_and_windows_can_be_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stockade.backends import select_backend
+
+    asked = select_backend(dataclasses.replace(workspace(), backend="windows"))
+    assert isinstance(asked, WindowsBackend) and "experimental" in asked.describe()
+    monkeypatch.setattr(sys, "platform", "win32")  # only for the choice: nothing runs
+    assert isinstance(select_backend(workspace()), WindowsBackend)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the refusal off Windows")
+def test_cli_run_with_the_windows_backend_refuses_here_and_runs_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    marker = tmp_path / "ran"
+    stockade = [sys.executable, "-m", "stockade"]
+    done = subprocess.run(
+        [*stockade, "run", "--backend", "windows", "--", "touch", str(marker)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and not marker.exists(), done.stderr
+    assert f"Windows only (this is {sys.platform})" in done.stderr and "nothing was run" in done.stderr
+    explain = subprocess.run(
+        [*stockade, "explain", "--backend", "windows"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert explain.returncode == 0 and "REFUSED: the Windows backend runs on Windows only" in explain.stdout
 
 
 def test_cli_explain_prints_the_windows_plan(tmp_path: Path) -> None:

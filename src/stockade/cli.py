@@ -57,8 +57,11 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "bwrap", "landlock", "seatbelt"),
-        help="auto (default): bubblewrap where it works, else Landlock; seatbelt: macOS (experimental)",
+        choices=("auto", "bwrap", "landlock", "seatbelt", "windows"),
+        help=(
+            "auto (default): bubblewrap where it works, else Landlock; seatbelt: macOS, windows: "
+            "Windows (both experimental)"
+        ),
     )
     p.add_argument(
         "--env",
@@ -112,7 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--root", metavar="DIR", action="append", default=[], help="a workspace root (default: cwd)"
     )
-    mcp.add_argument("--backend", choices=("auto", "bwrap", "landlock", "seatbelt"))
+    mcp.add_argument(
+        "--backend",
+        choices=("auto", "bwrap", "landlock", "seatbelt", "windows"),
+        help="as for run (default: auto)",
+    )
     mcp.add_argument("--audit", metavar="FILE", help="append one JSON line per session to FILE")
     profiles = sub.add_parser("profiles", help="list the profiles available here")
     profiles.add_argument("--config", metavar="FILE")
@@ -163,7 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             sandboxed.kill()
 
     # Installed before launch, so a signal that arrives while the sandbox starts is not lost.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    hangup = getattr(signal, "SIGHUP", signal.SIGTERM)  # Windows has no SIGHUP
+    for sig in (signal.SIGINT, signal.SIGTERM, hangup):
         signal.signal(sig, on_signal)
     on_event = None
     if args.log_network:

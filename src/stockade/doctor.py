@@ -1,7 +1,8 @@
 """Can this host sandbox? Each check reads the real host state and says how to fix a failure.
 
 `stockade run` prints the same explanation (and exits 2) when the sandbox cannot start, so a
-user never has to guess why, and is never offered an unconfined run instead.
+user never has to guess why, and is never offered an unconfined run instead. On macOS and
+Windows the report says that their backend is experimental and which smoke script checks it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 
 from .backends.locate import MIN_VERSION, BwrapBinary, bwrap_version, candidates, find_bwrap
@@ -32,6 +34,7 @@ class Check:
 class Report:
     checks: tuple[Check, ...]
     bwrap: BwrapBinary | None = None
+    backend: str = ""  # macOS, Windows: what the verdict names (Linux: the bubblewrap binary)
 
     @property
     def can_sandbox(self) -> bool:
@@ -48,6 +51,7 @@ class Report:
                 lines += [f"      fix: {line}" for line in c.fix.splitlines()]
         b = self.bwrap
         used = f"bubblewrap {b.version_text} at {b.path} ({b.origin})" if b else "no usable bubblewrap"
+        used = self.backend or used
         verdict = f"can sandbox here with {used}"
         if not self.can_sandbox:
             verdict = f"CANNOT sandbox here ({used}); it refuses (exit 2), never runs unconfined"
@@ -55,11 +59,14 @@ class Report:
 
     def to_json(self) -> dict[str, object]:
         b = self.bwrap
-        return {
+        data: dict[str, object] = {
             "can_sandbox": self.can_sandbox,
             "bwrap": {"path": b.path, "version": b.version_text, "origin": b.origin} if b else None,
             "checks": [asdict(c) for c in self.checks],
         }
+        if self.backend:
+            data["backend"] = self.backend
+        return data
 
 
 def _read(path: str) -> str | None:
@@ -264,8 +271,44 @@ def check_limits() -> Check:
     return Check("limits", os.geteuid() != 0, detail, fix, required=False)
 
 
-def diagnose() -> Report:
-    """Every check, in reading order; the sandbox try runs first because the others refer to it."""
+# The backends this project has not verified on their own platform: name, smoke script.
+EXPERIMENTAL = {
+    "darwin": ("Seatbelt", "scripts/smoke-macos.sh"),
+    "win32": ("Windows", "scripts/smoke-windows.ps1"),
+}
+
+
+def experimental_report(system: str) -> Report:
+    """macOS and Windows: the backend `auto` picks there, said to be experimental (nothing in
+    this project has verified it on that platform), and the smoke script that checks it."""
+    name, script = EXPERIMENTAL[system]
+    if system == "darwin":
+        from .backends.seatbelt import SANDBOX_EXEC
+
+        found = os.path.exists(SANDBOX_EXEC)
+        detail = f"{SANDBOX_EXEC} {'found' if found else 'is missing'}"
+        backend = Check("seatbelt", found, detail, "sandbox-exec ships with macOS: restore it")
+    else:
+        detail = "ACLs, capability SIDs, a write-restricted token, a local sandbox account"
+        backend = Check("windows", True, detail)
+    status = Check(
+        "status",
+        False,
+        f"the {name} backend is experimental, not verified by this project",
+        f"run {script} here, from a checkout (its first lines say how), to check what it enforces",
+        required=False,
+    )
+    return Report(
+        (backend, status), backend=f"the {name} backend, experimental: not verified by this project"
+    )
+
+
+def diagnose(sys_platform: str | None = None) -> Report:
+    """Every check, in reading order; the sandbox try runs first because the others refer to it.
+    `sys_platform` (default: this host's) picks the report: Linux checks, or an experimental one."""
+    system = sys_platform or sys.platform
+    if system in EXPERIMENTAL:
+        return experimental_report(system)
     binary = find_bwrap()
     tried = check_sandbox_try(binary)
     path = binary.path if binary else "/usr/bin/bwrap"

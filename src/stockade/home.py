@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from .policy.builtin import SECRET_HOME_PATHS
 
@@ -33,17 +34,23 @@ def sensitive_paths(home: str, extra: Iterable[str]) -> set[str]:
     return out
 
 
-def home_grants(home: str, sensitive: set[str]) -> tuple[list[str], list[str]]:
-    """(paths that together grant home minus `sensitive`, notes). Fails closed on errors."""
+class HomeGrants(NamedTuple):
+    grants: list[str]  # paths that together grant home minus what is sensitive
+    withheld: list[str]  # children (and grandchildren) left out as sensitive: backends keep off them
+    notes: list[str]
+
+
+def home_grants(home: str, sensitive: set[str]) -> HomeGrants:
+    """Expand a grant of `home` into grants that never cover `sensitive`. Fails closed on errors."""
     grants: list[str] = []
     notes: list[str] = []
     withheld: list[str] = []
     if not _expand(home, sensitive, grants, notes, withheld, top=True):
-        return [], notes
+        return HomeGrants([], withheld, notes)
     if withheld:
         names = ", ".join(os.path.relpath(p, home) for p in withheld)
         notes.append(f"not granted (sensitive): {names}")
-    return grants, notes
+    return HomeGrants(grants, withheld, notes)
 
 
 def _covers(path: str, sensitive: set[str]) -> tuple[bool, bool]:

@@ -9,7 +9,6 @@ leaves its journal behind; the next run to hold the lock alone cleans it up.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from collections.abc import Iterable
 from types import TracebackType
@@ -18,6 +17,12 @@ from typing import IO
 from .errors import StockadeError
 from .plan import Placeholder
 from .state import state_dir
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: `import stockade` must work there; a Plan with placeholders is refused
+    _fcntl = None  # type: ignore[assignment]
+LOCK_EX = getattr(_fcntl, "LOCK_EX", 0)
 
 CONTENT = {"dir": None, "file": b"", "commondir": b".\n"}
 
@@ -41,12 +46,17 @@ class Placeholders:
         return self
 
     def _enter(self) -> None:
+        if _fcntl is None:
+            raise StockadeError(
+                "this Plan needs placeholders (missing protected paths created before launch), and "
+                "sharing them between runs needs flock(2), which this system lacks; nothing was run"
+            )
         base = state_dir()
         self.journal = os.path.join(base, "placeholders.journal")
         self.lock_fd = os.open(os.path.join(base, "placeholders.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        if _try_lock(self.lock_fd, fcntl.LOCK_EX):
+        if _try_lock(self.lock_fd, LOCK_EX):
             self._sweep()  # leftovers of a run that was killed
-        fcntl.flock(self.lock_fd, fcntl.LOCK_SH)
+        _fcntl.flock(self.lock_fd, _fcntl.LOCK_SH)
         missing = [item for item in self.items if not os.path.lexists(item.path)]
         if missing:
             with open(self.journal, "a", encoding="utf-8") as journal:
@@ -63,7 +73,7 @@ class Placeholders:
         if self.lock_fd is None:
             return
         try:
-            if _try_lock(self.lock_fd, fcntl.LOCK_EX):
+            if _try_lock(self.lock_fd, LOCK_EX):
                 self._sweep()
         finally:
             os.close(self.lock_fd)
@@ -83,7 +93,7 @@ class Placeholders:
 
 def _try_lock(fd: int, how: int) -> bool:
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        _fcntl.flock(fd, how | _fcntl.LOCK_NB)  # type: ignore[union-attr]
         return True
     except BlockingIOError:
         return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, NamedTuple
 
@@ -49,19 +49,25 @@ class Context:
             cwd = os.path.abspath(cwd or os.getcwd())
         except FileNotFoundError:
             raise ConfigError("the current directory no longer exists", key="cwd") from None
-        home = env.get("HOME") or os.path.expanduser("~")
         return cls(
             cwd=cwd,
             roots=tuple(os.path.normpath(os.path.join(cwd, r)) for r in roots),
-            home=home,
+            home=home_dir(env),
             tmpdir=env.get("TMPDIR") or None,
             env=env,
-            uid=os.getuid(),
+            uid=os.getuid() if hasattr(os, "getuid") else -1,  # Windows has no uid
         )
 
     @property
     def workspace_roots(self) -> tuple[str, ...]:
         return self.roots or (self.cwd,)
+
+
+def home_dir(env: Mapping[str, str], os_name: str = os.name) -> str:
+    """The user's home: USERPROFILE on Windows (HOME there is often a leftover of some POSIX
+    toolchain), HOME elsewhere; the platform's own lookup when the environment has neither."""
+    names = ("USERPROFILE", "HOME") if os_name == "nt" else ("HOME",)
+    return next((env[n] for n in names if env.get(n)), None) or os.path.expanduser("~")
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,13 @@ class Plan:
     env: dict[str, str] = field(hash=False)
     withheld: dict[str, str] = field(hash=False)
     notes: tuple[str, ...] = ()
-    backend: str = "auto"  # which backend the profile asked for (auto|bwrap|landlock)
+    backend: str = "auto"  # which backend the profile asked for (auto|bwrap|landlock|seatbelt|windows)
     proxy: ProxyPolicy | None = None  # network "proxy": the hosts the filtering proxy lets through
     limits: Limits = field(default_factory=Limits)  # resource limits on every process inside
     globs: tuple[GlobEntry, ...] = ()  # the patterns behind the `glob` entries above
+    # Absolute paths (lexical and canonical) no grant may cover, not even by inheritance: what
+    # `:home` withheld and what the SSH configuration names (ACL backends must keep off them).
+    sensitive: tuple[str, ...] = ()
 
     def access(self, path: str) -> Access | None:
         """Effective access of a canonical path; None when it is not visible."""
@@ -128,9 +137,10 @@ def nearest_access(by_path: Mapping[str, str], path: str) -> Access | None:
     while True:
         if path in by_path:
             return by_path[path]  # type: ignore[return-value]
-        if path == "/":
+        up = os.path.dirname(path)
+        if up == path:  # `/`, `C:\\`, or nothing left of a relative path
             return None
-        path = os.path.dirname(path)
+        path = up
 
 
 def _kind(path: str) -> Kind:
@@ -149,11 +159,14 @@ class Item(NamedTuple):
 
 
 def _user_name(ctx: Context) -> str:
-    import pwd
-
+    """The name `%u` stands for in the SSH config: the password database's, where there is one."""
+    try:
+        import pwd
+    except ImportError:  # Windows
+        return ctx.env.get("USERNAME") or ctx.env.get("USER", "")
     try:
         return pwd.getpwuid(ctx.uid).pw_name
-    except KeyError:
+    except (KeyError, OverflowError):
         return ctx.env.get("USER", "")
 
 
@@ -166,6 +179,7 @@ class _Builder:
         self.placeholders: list[Placeholder] = []
         self.notes: list[str] = []
         self.home_grants: set[str] = set()  # canonical paths a `:home` grant expanded to
+        self.sensitive: set[str] = set()  # what no grant may cover: Plan.sensitive
         self._ssh: tuple[SshPath, ...] | None = None
 
     def paths(self, rule: FsRule) -> list[Item]:
@@ -233,15 +247,29 @@ class _Builder:
                 self.ctx.home, self.ctx.env, user=_user_name(self.ctx), uid=self.ctx.uid
             )
             self.notes += notes
+            self.sensitive |= _lexical_and_canonical(self._ssh_literal())
         return self._ssh
 
+    def _ssh_literal(self) -> list[str]:
+        """The SSH paths as literal paths: a pattern's fixed prefix holds everything it matches."""
+        return [globs.split(p.path)[0] if p.pattern else p.path for p in self.ssh_paths()]
+
     def _home(self, rule: FsRule) -> list[Item]:
-        ssh = (globs.split(p.path)[0] if p.pattern else p.path for p in self.ssh_paths())
-        sensitive = home.sensitive_paths(self.ctx.home, ssh)
-        grants, notes = home.home_grants(self.ctx.home, sensitive)
+        sensitive = home.sensitive_paths(self.ctx.home, self._ssh_literal())
+        grants, withheld, notes = home.home_grants(self.ctx.home, sensitive)
         self.notes += [f"{rule.source}: {n}" for n in notes]
         self.home_grants.update(os.path.realpath(g) for g in grants)
+        self.sensitive |= _lexical_and_canonical(withheld)
         return [Item(g, False, f"{rule.source} (a child of home)") for g in grants]
+
+    def sensitive_paths(self) -> tuple[str, ...]:
+        """Plan.sensitive: the sensitive paths, and the canonical target of every entry found
+        inside one (a key a glob matched through a symlink lives where the link points)."""
+        out = set(self.sensitive)
+        for rule in self.entries.values() if self.sensitive else ():
+            if _inside(rule.lexical, self.sensitive):
+                out.add(rule.path)
+        return tuple(sorted(out))
 
     def add(self, lexical: str, access: Access, reason: str, required: bool, glob: bool = False) -> None:
         canonical = os.path.realpath(lexical)
@@ -266,9 +294,10 @@ class _Builder:
             rule = self.entries.get(path)
             if rule is not None:
                 return rule.access
-            if path == "/":
+            up = os.path.dirname(path)
+            if up == path:
                 return None
-            path = os.path.dirname(path)
+            path = up
 
     def protect(self, no_placeholders: set[str]) -> None:
         """Apply protected metadata in every writable directory. It only ever narrows access.
@@ -336,6 +365,20 @@ class _Builder:
                         self.notes.append(f"{rule.reason}: {path} does not exist and cannot be created")
 
 
+def _lexical_and_canonical(paths: Iterable[str]) -> set[str]:
+    return {q for p in paths for q in (os.path.normpath(p), os.path.realpath(p))}
+
+
+def _inside(path: str, tops: set[str]) -> bool:
+    """`path` is one of `tops` or lies below one."""
+    while path not in tops:
+        up = os.path.dirname(path)
+        if up == path:
+            return False
+        path = up
+    return True
+
+
 def _policy_files(profile: Profile, ctx: Context) -> list[str]:
     xdg = ctx.env.get("XDG_CONFIG_HOME") or os.path.join(ctx.home, ".config")
     return [os.path.join(xdg, "stockade"), *profile.config_files]
@@ -357,6 +400,8 @@ def _roots(ctx: Context) -> tuple[str, ...]:
 
 def _safe_directory(env: dict[str, str], roots: tuple[str, ...], uid: int) -> None:
     """git refuses repos owned by another user; trust the workspace roots through the env only."""
+    if uid < 0:
+        return  # no uids to compare (Windows): its backend adds safe.directory where it needs it
     extra = []
     for root in roots:
         try:
@@ -468,4 +513,5 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         profile.proxy if profile.network == "proxy" else None,
         profile.limits,
         tuple(glob_entries),
+        b.sensitive_paths(),
     )

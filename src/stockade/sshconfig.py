@@ -28,6 +28,7 @@ _UNESCAPE = re.compile(r"""\\([\\"'])""")
 _LINE = re.compile(r"([^\s=]+)\s*(?:=\s*)?(.*)", re.DOTALL)
 
 Stamp = tuple[int, int, int] | None
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)  # Windows has neither
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class _Walk:
         """The text; None for a directory, a missing top-level file, or (noted) anything unreadable."""
         fd = -1
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks on a FIFO
+            fd = os.open(path, _READ_FLAGS)  # never blocks on a FIFO
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 return None

@@ -9,29 +9,40 @@ import stat
 from .errors import SandboxUnavailable
 
 
-def _usable(path: str) -> bool:
+def _uid() -> int | None:
+    """The real uid; None on Windows, which has none (ownership is in ACLs there)."""
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def _usable(path: str, uid: int | None) -> bool:
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
     except OSError:
         return False
-    # Never trust a directory someone else owns or a symlink: a mask could be swapped.
-    owned = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    # Never trust a directory someone else owns or a symlink: a mask could be swapped. Without
+    # uids (Windows) mode bits say nothing: only the per-user candidates (home, XDG_*) are tried.
+    owned = stat.S_ISDIR(st.st_mode)
+    if uid is not None:
+        owned = owned and st.st_uid == uid and not st.st_mode & 0o022
     return owned and os.access(path, os.W_OK)
 
 
 @functools.cache
 def find_state_dir() -> str | None:
     """The first usable candidate, or None."""
-    home = os.path.expanduser("~")
+    uid = _uid()
+    home = os.path.expanduser("~")  # USERPROFILE on Windows
     xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     candidates = [os.path.join(xdg, "stockade")]
     if runtime:
         candidates.append(os.path.join(runtime, "stockade"))
-    # Never tempfile.gettempdir(): it falls back to the cwd, which may be the workspace.
-    candidates += [os.path.join(base, f"stockade-{os.getuid()}") for base in ("/tmp", "/var/tmp")]
-    return next((path for path in candidates if _usable(path)), None)
+    # Never tempfile.gettempdir(): it falls back to the cwd, which may be the workspace. Shared
+    # directories only where ownership can be checked.
+    if uid is not None:
+        candidates += [os.path.join(base, f"stockade-{uid}") for base in ("/tmp", "/var/tmp")]
+    return next((path for path in candidates if _usable(path, uid)), None)
 
 
 def state_dir() -> str:

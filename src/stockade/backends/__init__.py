@@ -2,7 +2,8 @@
 
 `auto` picks the strongest one the host allows: bubblewrap (namespaces: private mounts, pid
 and network) where it can start a sandbox, else Landlock + seccomp, if it can hold the Plan
-exactly. Neither: SandboxUnavailable with both reasons; nothing ever runs unsandboxed.
+exactly. Neither: SandboxUnavailable with both reasons; nothing ever runs unsandboxed. On
+Windows `auto` is the (experimental) Windows backend.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _make(name: str) -> Backend:
         from .seatbelt import SeatbeltBackend
 
         return SeatbeltBackend()
+    if name == "windows":  # experimental; its check() refuses anywhere but Windows
+        from .windows import WindowsBackend
+
+        return WindowsBackend()
     if name not in _made:
         if not sys.platform.startswith("linux"):
             raise SandboxUnavailable(f"stockade cannot sandbox on {sys.platform} yet; nothing was run")
@@ -99,6 +104,8 @@ def select_backend(plan: Plan) -> Backend:
         return _make(plan.backend)
     if sys.platform == "darwin":
         return _make("seatbelt")
+    if sys.platform == "win32":
+        return _make("windows")
     reasons = []
     try:
         backend = _make("bwrap")

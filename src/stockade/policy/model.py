@@ -9,7 +9,7 @@ Access = Literal["read", "write", "deny"]
 ACCESS_VALUES: tuple[str, ...] = ("read", "write", "deny", "none")
 NETWORK_MODES: tuple[str, ...] = ("off", "proxy", "on")
 GIT_MODES: tuple[str, ...] = ("protect", "read-only", "write")
-BACKENDS: tuple[str, ...] = ("auto", "bwrap", "landlock", "seatbelt")
+BACKENDS: tuple[str, ...] = ("auto", "bwrap", "landlock", "seatbelt", "windows")
 
 # Special path keys. Anchored keys may also carry a sub-path (`:workspace_roots` table form).
 SPECIAL_KEYS: tuple[str, ...] = (

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError, StockadeError
 
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)  # none on Windows
 
 
 @dataclass(frozen=True)

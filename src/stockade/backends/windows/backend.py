@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 
-from ...errors import UnsupportedPolicy
+from ...errors import SandboxUnavailable, UnsupportedPolicy
 from ...plan import Plan
 from ..base import LaunchSpec, ProxyEndpoint
 from .model import Backend, WindowsPlan
@@ -48,8 +48,8 @@ class WindowsBackend:
         )
 
     def check(self, plan: Plan) -> None:
-        if sys.platform != "win32":
-            raise UnsupportedPolicy("the Windows backend runs on Windows only")
+        if sys.platform != "win32":  # before anything else: nothing of it may run elsewhere
+            raise SandboxUnavailable(f"the Windows backend runs on Windows only (this is {sys.platform})")
         if plan.network == "proxy":
             raise UnsupportedPolicy(
                 "network = proxy: the filtering proxy does not listen on a loopback TCP port on Windows yet"

@@ -18,7 +18,6 @@ them is made through the children instead.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ...plan import Plan
@@ -39,9 +38,6 @@ from .paths import (
 )
 from .refusals import refusals
 from .sids import SidStore
-
-_SSH = re.compile(r"\((IdentityFile|CertificateFile|ControlPath|IdentityAgent) at ")
-_WITHHELD = "not granted (sensitive): "
 
 
 @dataclass(frozen=True)
@@ -123,18 +119,12 @@ class _Renderer:
 
     # -- what may never carry an ACE ------------------------------------------------------------
     def _never(self) -> set[str]:
-        """Paths no ACE of ours may reach: ~/.ssh, what the SSH configuration names, and what the
-        Plan's `:home` expansion withheld. OpenSSH rejects keys and configs that carry ACEs for
-        other principals, and an inheritable ACE above them would land on them too."""
-        out: set[str] = set()
+        """Paths no ACE of ours may reach: ~/.ssh and the Plan's `sensitive` paths (what the SSH
+        configuration names, what `:home` withheld). OpenSSH rejects keys and configs that carry
+        ACEs for other principals, and an inheritable ACE above them would land on them too."""
+        out = {path_key(p) for p in self.plan.sensitive}
         if self.home:
             out.add(path_key(join(self.home, ".ssh")))
-        for rule in self.plan.rules:
-            if _SSH.search(rule.reason):
-                out |= {path_key(rule.path), path_key(rule.lexical)}
-        for note in self.plan.notes:
-            if _WITHHELD in note and self.home:
-                out |= {path_key(join(self.home, n)) for n in note.split(_WITHHELD, 1)[1].split(", ") if n}
         return out
 
     def _inside_never(self, path: str) -> bool:
@@ -171,9 +161,9 @@ class _Renderer:
                 canonical = self.fs.realpath(match)
                 if path_key(canonical) not in self.entries:  # an exact entry beats a glob match
                     rules.append((canonical, match, glob.access, f"{glob.reason} (glob match)", False))
-                    if _SSH.search(glob.reason):
-                        self.never |= {path_key(canonical), path_key(match)}
-                        self._hold({path_key(canonical), path_key(match)})
+                    if self._inside_never(match):  # a key reached through a link: its target too
+                        self.never.add(path_key(canonical))
+                        self._hold({path_key(canonical)})
         for path, lexical, access, reason, pinned in rules:
             if access == "deny":
                 if self.elevated:

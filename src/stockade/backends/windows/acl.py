@@ -18,11 +18,9 @@ from typing import Any
 from .model import ALL_RIGHTS, READ_RIGHTS, SUBTREE, WRITE_RIGHTS, Ace, Inherit, Right
 from .paths import ancestors, parent, path_key
 
-RIGHT_VALUES = tuple(r.value for r in Right)
 _IO, SUBTREE_FLAGS = Inherit.IO.value, SUBTREE.value
 WRITE, DELETE, DC = Right.WRITE.value, Right.DELETE.value, Right.DELETE_CHILD.value
 ALL, READS, WRITES = ALL_RIGHTS.value, READ_RIGHTS.value, WRITE_RIGHTS.value
-WRITE_VALUES = tuple(v for v in RIGHT_VALUES if v & WRITES)
 _right = functools.cache(Right)  # enum construction is slow; a plan holds few distinct values
 _inherit = functools.cache(Inherit)
 
@@ -35,19 +33,19 @@ class AclBuilder:
         self.at: dict[str, dict[str, list[list[Any]]]] = {}
         self.granted: set[str] = set()  # principals with at least one ACE so far
         self.pinned: set[tuple[str, str]] = set()  # (principal, directory) whose chain up is pinned
-        self.memo: dict[str, dict[str, dict[bool, dict[int, str]]]] = {}  # effective(): principal -> key
+        self.memo: dict[str, dict[str, dict[bool, tuple[int, int]]]] = {}  # effective(): principal -> key
 
-    def effective(self, principal: str, key: str, object_aces: bool = True) -> dict[int, str]:
+    def effective(self, principal: str, key: str, object_aces: bool = True) -> tuple[int, int]:
         """What Windows decides for `principal` at `key` from the ACEs emitted so far (first match
         per right: explicit deny, explicit allow, then each ancestor's inheritable ones), as
-        right bit -> "allow" | "deny"; `object_aces` False leaves out the object-only ACEs."""
+        (allowed bits, denied bits); `object_aces` False leaves out the object-only ACEs."""
         if principal not in self.granted:
-            return {}
+            return (0, 0)
         memo = self.memo.setdefault(principal, {}).setdefault(key, {})
         cached = memo.get(object_aces)
         if cached is not None:
             return cached
-        decided: dict[int, str] = {}
+        allowed = denied = 0
         for level in (key, *ancestors(key)):
             by_principal = self.at.get(level)
             records = by_principal.get(principal) if by_principal else None
@@ -61,13 +59,15 @@ class AclBuilder:
                         if own
                         else flags & SUBTREE_FLAGS
                     ):
-                        for value in RIGHT_VALUES:
-                            if bits & value and value not in decided:
-                                decided[value] = kind
-            if len(decided) == len(RIGHT_VALUES):
+                        new = bits & ~(allowed | denied)  # first match per right
+                        if kind == "deny":
+                            denied |= new
+                        else:
+                            allowed |= new
+            if allowed | denied == ALL:
                 break
-        memo[object_aces] = decided
-        return decided
+        memo[object_aces] = (allowed, denied)
+        return allowed, denied
 
     def add(self, principal: str, path: str, kind: str, bits: int, flags: int, reason: str) -> None:
         """One ACE per (principal, kind, inheritance) and path: rights added later are merged in."""
@@ -90,9 +90,8 @@ class AclBuilder:
 
     def ensure(self, principal: str, path: str, allow: int, deny: int, reason: str) -> None:
         """Add what is missing for `principal` at `path` to allow `allow` and deny `deny` (subtree)."""
-        eff = self.effective(principal, path_key(path))
-        for kind, wanted in (("deny", deny), ("allow", allow)):
-            need = sum(v for v in RIGHT_VALUES if wanted & v and eff.get(v) != kind)
+        allowed, denied = self.effective(principal, path_key(path))
+        for kind, need in (("deny", deny & ~denied), ("allow", allow & ~allowed)):
             if need:
                 self.add(principal, path, kind, need, SUBTREE_FLAGS, reason)
 
@@ -105,7 +104,7 @@ class AclBuilder:
             while True:
                 up = parent(x)
                 up_key = path_key(up)
-                if up_key == path_key(x) or self.effective(p, up_key, object_aces=False).get(DC) != "allow":
+                if up_key == path_key(x) or not self.effective(p, up_key, object_aces=False)[0] & DC:
                     break
                 self.add(p, up, "deny", DC, 0, why)
                 if x != path:

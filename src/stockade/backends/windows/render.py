@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...plan import Plan
-from .acl import ALL, DELETE, READS, WRITE, WRITE_VALUES, WRITES, AclBuilder
+from .acl import ALL, DELETE, READS, WRITE, WRITES, AclBuilder
 from .firewall import LOOPBACK_NOTE, account_for, firewall_rules
 from .model import RESTRICTED_CODE, Backend, CreateFirst, WindowsPlan
 from .paths import (
@@ -236,7 +236,7 @@ class _Renderer:
         key = path_key(t.path)
         if key not in self.create and self.fs.kind(t.path) == "missing":
             up = path_key(parent(t.path))
-            if not any(self.acl.effective(p, up).get(WRITE) == "allow" for p in self.principals):
+            if not any(self.acl.effective(p, up)[0] & WRITE for p in self.principals):
                 self.notes.append(f"{t.reason}: {t.path} does not exist and cannot be created inside")
                 return
             self.create[key] = CreateFirst(t.path, "dir")
@@ -246,7 +246,7 @@ class _Renderer:
                 self.acl.ensure(p, t.path, ALL, 0, t.reason)
             if t.pinned:  # it must not be renamed or removed (the `.git` directory)
                 for p in self.principals:
-                    if self.acl.effective(p, key).get(DELETE) == "allow":
+                    if self.acl.effective(p, key)[0] & DELETE:
                         self.acl.add(p, t.path, "deny", DELETE, 0, t.reason + " (pinned)")
                 self.acl.pin(t.path, t.reason, self.principals)
             return
@@ -257,8 +257,7 @@ class _Renderer:
         carve = False
         below_write = any(a in self.written for a in ancestors(key))  # else nothing can write here
         for p in self.principals if below_write else ():
-            eff = self.acl.effective(p, key)
-            if any(eff.get(v) == "allow" for v in WRITE_VALUES):
+            if self.acl.effective(p, key)[0] & WRITES:
                 self.acl.ensure(p, t.path, 0, WRITES, t.reason)
                 carve = True
         if self.elevated:

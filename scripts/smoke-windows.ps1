@@ -15,6 +15,8 @@ New-Item -ItemType Directory -Path $ws, $outside | Out-Null
 Push-Location $ws
 git init -q . ; git -c user.name=t -c user.email=t@t commit -q --allow-empty -m init
 Set-Content -Path .env -Value "TOKEN=hunter2"
+New-Item -ItemType Directory -Path src | Out-Null
+Set-Content -Path src\.ENV.local -Value "TOKEN=hunter2"  # NTFS ignores case: `**/.env.*` covers it
 
 # One .cmd file through the one spawn path (Sandboxed) with the Windows backend; exits with its status.
 $runner = @'
@@ -86,6 +88,13 @@ if ($Mode -eq "elevated") {
     Check "read an ssh key"             blocked "type `"%USERPROFILE%\.ssh\id_*`" 2>NUL | findstr ."
     Check "network is off"              blocked (Py "import socket; socket.create_connection(('1.1.1.1', 443), timeout=3)")
     Check "host loopback service is off" blocked (Py "import socket; socket.create_connection(('127.0.0.1', $hostPort), timeout=3)")
+    Check "read src\.ENV.local"          blocked "type src\.ENV.local"
+    # read-only: nothing writable but a fresh private directory below TEMP, for this run only.
+    $smokeProfile = "read-only"
+    Check "read-only: write in the workspace" blocked "echo hi> ro.txt"
+    Check "read-only: tempfile works"     ok      (Py "import tempfile; f = tempfile.NamedTemporaryFile(); f.write(b'x'); f.close()")
+    Check "read-only: TEMP is private"    blocked "echo x> `"$env:TEMP\stockade-smoke-$tag`""
+    $smokeProfile = "workspace"
 } else {
     $smokeProfile, $smokeConfig = "workspace", "-"
     Check "workspace profile is refused" blocked "echo should not run"

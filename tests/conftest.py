@@ -13,7 +13,6 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+try:
+    import pwd
+except ImportError:  # Windows: only the platform-neutral modules below are collected there
+    pwd = None  # type: ignore[assignment]
+
+# The tests that do not need this kernel (bwrap, Landlock, seccomp, namespaces): what a
+# contributor runs on macOS or Windows, beside scripts/smoke-macos.sh or smoke-windows.ps1.
+PORTABLE = frozenset(
+    {
+        "test_globs.py",
+        "test_policy.py",
+        "test_portable.py",
+        "test_seatbelt.py",
+        "test_sshconfig.py",
+        "test_tracestate.py",
+        "test_windows_plan.py",
+    }
+)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """On anything but Linux, only PORTABLE modules are collected (the rest enforce on Linux)."""
+    if sys.platform.startswith("linux") or not collection_path.name.startswith("test_"):
+        return None
+    return collection_path.name not in PORTABLE or None
+
 
 TEST_USER = "stockade-test"
 SCRATCH = "/var/tmp"
@@ -305,3 +331,11 @@ def failed(
     return (
         len(codes) == count and all(c.startswith("rc=") and c != "rc=0" for c in codes) and rest == list(then)
     )
+
+
+@pytest.fixture(scope="session")
+def winpy() -> Iterator[object]:
+    """Windows CPython under Wine (tests/wine.py): the Windows path logic on real ntpath."""
+    from wine import provision
+
+    yield from provision()

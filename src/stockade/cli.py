@@ -300,11 +300,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_windows(plan: Any, args: argparse.Namespace) -> int:
     import json
 
-    from .backends.windows import HostFs, SidStore
+    from .backends.windows import HostFs, SidStore, with_private_tmp
     from .backends.windows import render as render_windows
 
     state = SidStore(None)  # explain never writes the SID map
     ports = (3128,) if plan.network == "proxy" else ()
+    plan = with_private_tmp(plan)  # a run gets a fresh directory in its place
     wp = render_windows(plan, backend=args.windows_backend, state=state, fs=HostFs(), proxy_ports=ports)
     if args.json:
         print(json.dumps(wp.to_json(), indent=2))
@@ -336,6 +337,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        raise StockadeError("stockade mcp serves sessions, which are not available on Windows yet")
     try:
         from .mcp_server import serve
     except ImportError as exc:

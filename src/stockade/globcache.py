@@ -62,7 +62,7 @@ class DiskStore:
 
     def save(self, base: str) -> None:
         """Write every cached directory under `base`, atomically (a reader sees old or new)."""
-        prefix = base.rstrip("/") + "/"
+        prefix = base.rstrip(os.sep) + os.sep
         mine = {d: e for d, e in globs._cache.items() if d == base or d.startswith(prefix)}
         if len(mine) > MAX_SAVED_DIRS:
             return
@@ -116,6 +116,8 @@ _store: DiskStore | None = None
 def store() -> DiskStore | None:
     """The per-user store, or None when stockade has no state directory (then: memory only)."""
     global _store
+    if not globs.TRUSTED_STAMPS:  # nothing is cached where a stat cannot revalidate it (Windows)
+        return None
     if _store is None:
         directory = find_state_dir()
         if directory is None:

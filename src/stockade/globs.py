@@ -25,7 +25,15 @@ STARSTAR = "**"
 RACY_NS = 2_000_000_000
 MAX_CACHED_DIRS = 500_000
 MAX_WALKED_DIRS = 200_000  # per expansion: past this a pattern is too broad to be checked
-VIRTUAL = frozenset({"/proc", "/sys", "/dev"})  # kernel views, not files anyone keeps secrets in
+SEP = os.sep
+WINDOWS = os.name == "nt"
+# Kernel views, not files anyone keeps secrets in.
+VIRTUAL = frozenset() if WINDOWS else frozenset({"/proc", "/sys", "/dev"})
+# NTFS names are case-insensitive: a tool that opens `.env` gets `.ENV`, so a deny matches both.
+CASELESS = WINDOWS
+# A directory's stat revalidates its cached names only where ctime is the inode's change time,
+# which user space cannot set; Windows reports the creation time there, so nothing is cached.
+TRUSTED_STAMPS = not WINDOWS
 
 
 class TooBroad(Exception):
@@ -38,6 +46,22 @@ class TooBroad(Exception):
 
 _ESCAPED = re.compile(r"(?:[^*?[]|\[[*?[]\])*\Z")
 _ESCAPE = re.compile(r"\[([*?[])\]")
+
+
+def components(path: str) -> list[str]:
+    """The components of a path or pattern (Windows takes `/` and `\\` alike)."""
+    return (path.replace("/", SEP) if WINDOWS else path).split(SEP)
+
+
+def _root(base: str) -> str:
+    """`/` for an empty prefix; `C:\\` for a bare drive."""
+    return base + SEP if not base or (WINDOWS and base.endswith(":")) else base
+
+
+def at_root(pattern: str) -> bool:
+    """Whether the walk for `pattern` would start at a filesystem root (never done)."""
+    base = split(pattern)[0]
+    return os.path.dirname(base) == base
 
 
 def has_magic(path: str) -> bool:
@@ -59,7 +83,7 @@ def literal(part: str) -> str | None:
 
 def is_pattern(path: str) -> bool:
     """Whether `path` matches more than one name: it has magic that is not escaped."""
-    return has_magic(path) and any(literal(part) is None for part in path.split("/"))
+    return has_magic(path) and any(literal(part) is None for part in components(path))
 
 
 def unescape(path: str) -> str:
@@ -69,18 +93,17 @@ def unescape(path: str) -> str:
 
 def split(pattern: str) -> tuple[str, str]:
     """(fixed directory prefix as a real path, the rest as a pattern): the walk starts at the prefix."""
-    parts = pattern.split("/")
+    parts = components(pattern)
     names = [literal(part) for part in parts]
     fixed = next((i for i, name in enumerate(names) if name is None), len(parts))
-    base = "/".join(names[:fixed]) or "/"  # type: ignore[arg-type]
-    return base, "/".join(parts[fixed:])
+    return _root(SEP.join(names[:fixed])), SEP.join(parts[fixed:])  # type: ignore[arg-type]
 
 
 def normalize(pattern: str) -> str:
     """`dir/**` means the directory itself (which covers everything below, even files made later)."""
-    while pattern.endswith("/**"):
+    while pattern.endswith(("/**", SEP + STARSTAR)):
         pattern = pattern[:-3]
-    return pattern or "/"
+    return pattern or SEP
 
 
 # --- the automaton ---------------------------------------------------------------------------
@@ -120,7 +143,10 @@ def _intern(parts: tuple[str, ...], limit: int) -> int:
             raw.append(part)
             # `*` and `?` match a leading dot too: a deny pattern errs towards hiding more.
             name = literal(part)
-            segments.append(name if name is not None else re.compile(fnmatch.translate(part)))
+            if name is None:
+                segments.append(re.compile(fnmatch.translate(part), re.IGNORECASE if CASELESS else 0))
+            else:
+                segments.append(name.casefold() if CASELESS else name)
         pid = _pattern_ids[key] = len(_patterns)
         _patterns.append(_Pattern(tuple(segments), limit))
         _raw.append(tuple(raw))
@@ -162,7 +188,7 @@ class _Step:
                 self.wild.append((seg, (pid, i + 1)))
                 raw = _raw[pid][i]
                 if raw.startswith("*") and not has_magic(raw[1:]):
-                    suffixes.append(raw[1:])
+                    suffixes.append(raw[1:].casefold() if CASELESS else raw[1:])
                 elif raw.endswith("*") and not has_magic(raw[:-1]):
                     others.append(re.escape(raw[:-1]))  # a prefix: the anchored match fails fast
                 else:
@@ -171,16 +197,18 @@ class _Step:
                 literal.setdefault(seg, set()).add((pid, i + 1))
         self.literal = {name: _closure(self.star | s) for name, s in literal.items()}
         self.suffixes = tuple(suffixes) or None
-        self.others = re.compile("|".join(f"(?:{p})" for p in others)).match if others else None
+        flags = re.IGNORECASE if CASELESS else 0
+        self.others = re.compile("|".join(f"(?:{p})" for p in others), flags).match if others else None
         self.star_verdict = _verdict(self.star, depth)
         # Every name that can leave `star`, as one regex: a leaf directory is screened with it
         # by filter() in C, without a Python step per name.
         every = [re.escape(name) + r"\Z" for name in literal] + others
         if suffixes:
             every.append(f"(?s:.*(?:{'|'.join(map(re.escape, suffixes))}))\\Z")
-        self.candidate = re.compile("|".join(f"(?:{p})" for p in every)).match if every else None
+        self.candidate = re.compile("|".join(f"(?:{p})" for p in every), flags).match if every else None
 
     def slow(self, name: str) -> frozenset[State]:
+        """States after `name` (case-folded where names are case-insensitive)."""
         found = set(self.literal.get(name, self.star))
         found.update(state for rx, state in self.wild if rx.match(name))
         return _closure(found)
@@ -234,7 +262,7 @@ def _scan_leaf(directory: str, step: _Step, depth: int, matches: Matches) -> Non
     if step.candidate is None:
         return
     for name in filter(step.candidate, os.listdir(directory)):  # screened in C
-        matched, _ = _verdict(step.slow(name), depth + 1)
+        matched, _ = _verdict(step.slow(name.casefold() if CASELESS else name), depth + 1)
         if matched:
             matches.append((os.path.join(directory, name), matched))
 
@@ -247,10 +275,10 @@ def _scan(
     subdirs: Subdirs,
 ) -> None:
     literal, star, (star_matched, star_alive) = step.literal, step.star, step.star_verdict
-    suffixes, others = step.suffixes, step.others
+    suffixes, others, fold = step.suffixes, step.others, CASELESS
     with os.scandir(directory) as it:
         for entry in it:  # the hot loop: keep it to a lookup and a screen per name
-            name = entry.name
+            name = entry.name.casefold() if fold else entry.name
             if (suffixes is not None and name.endswith(suffixes)) or (others is not None and others(name)):
                 nxt = step.slow(name)
             else:
@@ -278,6 +306,8 @@ _nlink_devs: dict[int, bool] = {}
 
 def _nlink_counts_subdirs(dev: int) -> bool:
     known = _nlink_devs.get(dev)
+    if known is None and not hasattr(os, "major"):  # no mountinfo to ask (Windows)
+        known = _nlink_devs[dev] = False
     if known is None:
         known = False
         wanted = f"{os.major(dev)}:{os.minor(dev)}"
@@ -315,10 +345,10 @@ def expand_all(patterns: Iterable[str], max_depth: int, store: Store | None = No
     # Fold every base that lies under another base into the outer walk.
     walks: dict[str, list[tuple[str, tuple[str, ...], int]]] = {}
     for base in sorted(bases, key=len):
-        outer = next((w for w in walks if base == w or base.startswith(w.rstrip("/") + "/")), base)
-        prefix = tuple(escape(p) for p in base[len(outer) :].split("/") if p)
+        outer = next((w for w in walks if base == w or base.startswith(w.rstrip(SEP) + SEP)), base)
+        prefix = tuple(escape(p) for p in components(base[len(outer) :]) if p)
         for original, rest in bases[base]:
-            parts = tuple(p for p in rest.split("/") if p)
+            parts = tuple(p for p in components(rest) if p)
             limit = len(prefix) + (max_depth if STARSTAR in parts else len(parts))
             walks.setdefault(outer, []).append((original, prefix + parts, limit))
     out: dict[str, list[str]] = {p: [] for p in wanted}
@@ -374,7 +404,7 @@ def _walk(
                     _scan(directory, step, depth, matches, subdirs)
             except OSError:
                 continue
-            if max(st.st_mtime_ns, st.st_ctime_ns) < now - RACY_NS:
+            if TRUSTED_STAMPS and max(st.st_mtime_ns, st.st_ctime_ns) < now - RACY_NS:
                 if len(cache) >= MAX_CACHED_DIRS:
                     cache.clear()
                 cache[directory] = (stamp, states, depth, matches, subdirs)

@@ -55,8 +55,8 @@ def home_grants(home: str, sensitive: set[str]) -> HomeGrants:
 
 def _covers(path: str, sensitive: set[str]) -> tuple[bool, bool]:
     """(path is sensitive or inside a sensitive path, path holds a sensitive path below it)."""
-    inside = any(path == s or path.startswith(s + "/") for s in sensitive)
-    holds = any(s.startswith(path + "/") for s in sensitive)
+    inside = any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in sensitive)
+    holds = any(s.startswith(path.rstrip(os.sep) + os.sep) for s in sensitive)
     return inside, holds
 
 

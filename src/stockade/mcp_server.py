@@ -51,7 +51,7 @@ def build_server(manager: SessionManager, roots: list[str], profile: str) -> MCP
 
     def workdir_of(workdir: str | None) -> str:
         path = os.path.realpath(os.path.join(roots[0], workdir or "."))
-        if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+        if not any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
             raise ToolError(f"workdir {workdir!r} is outside the workspace roots ({', '.join(roots)})")
         return path
 

@@ -3,7 +3,8 @@ the command cannot create them) and removed afterwards, so the user's tree is le
 
 Concurrent runs share placeholders: every run holds a shared lock while it runs, and only a run
 that can take the lock exclusively (no other run alive) removes them. A run killed with SIGKILL
-leaves its journal behind; the next run to hold the lock alone cleans it up.
+leaves its journal behind; the next run to hold the lock alone cleans it up. The lock is flock(2)
+on POSIX and LockFileEx on Windows (`filelock`).
 """
 
 from __future__ import annotations
@@ -14,23 +15,20 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import IO
 
+from . import filelock
 from .errors import StockadeError
+from .filelock import FileLock
 from .plan import Placeholder
 from .state import state_dir
 
-try:
-    import fcntl as _fcntl
-except ImportError:  # Windows: `import stockade` must work there; a Plan with placeholders is refused
-    _fcntl = None  # type: ignore[assignment]
-LOCK_EX = getattr(_fcntl, "LOCK_EX", 0)
-
 CONTENT = {"dir": None, "file": b"", "commondir": b".\n"}
+O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: os.open's default text mode writes ".\r\n"
 
 
 class Placeholders:
     def __init__(self, items: Iterable[Placeholder]) -> None:
         self.items = list(items)
-        self.lock_fd: int | None = None
+        self.lock: FileLock | None = None
 
     def __enter__(self) -> Placeholders:
         if not self.items:
@@ -46,17 +44,22 @@ class Placeholders:
         return self
 
     def _enter(self) -> None:
-        if _fcntl is None:
+        if filelock.UNSUPPORTED is not None:
             raise StockadeError(
                 "this Plan needs placeholders (missing protected paths created before launch), and "
-                "sharing them between runs needs flock(2), which this system lacks; nothing was run"
+                f"sharing them between runs needs a file lock, but {filelock.UNSUPPORTED}; nothing was run"
             )
         base = state_dir()
         self.journal = os.path.join(base, "placeholders.journal")
-        self.lock_fd = os.open(os.path.join(base, "placeholders.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        if _try_lock(self.lock_fd, LOCK_EX):
+        self.lock = FileLock(os.path.join(base, "placeholders.lock"))
+        if self.lock.try_exclusive():
             self._sweep()  # leftovers of a run that was killed
-        _fcntl.flock(self.lock_fd, _fcntl.LOCK_SH)
+        # Exclusive -> shared is not atomic (Windows unlocks then locks; flock(2) on Linux drops
+        # the old lock first as well), so another run may take the lock alone in between and
+        # sweep. That is harmless: it sweeps only what the journal lists, and we have journaled
+        # and created nothing yet. Everything below happens under the shared lock, which no
+        # sweeper can hold at the same time, so our placeholders live until we let go of it.
+        self.lock.shared()
         missing = [item for item in self.items if not os.path.lexists(item.path)]
         if missing:
             with open(self.journal, "a", encoding="utf-8") as journal:
@@ -70,14 +73,16 @@ class Placeholders:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.lock_fd is None:
+        if self.lock is None:
             return
         try:
-            if _try_lock(self.lock_fd, LOCK_EX):
+            # Shared -> exclusive lets go of the shared lock first (on Windows, and in flock(2)):
+            # our command has ended, so whoever sweeps in between removes nothing still in use.
+            if self.lock.try_exclusive():
                 self._sweep()
         finally:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+            self.lock.close()
+            self.lock = None
 
     def _sweep(self) -> None:
         try:
@@ -91,14 +96,6 @@ class Placeholders:
         os.truncate(self.journal, 0)
 
 
-def _try_lock(fd: int, how: int) -> bool:
-    try:
-        _fcntl.flock(fd, how | _fcntl.LOCK_NB)  # type: ignore[union-attr]
-        return True
-    except BlockingIOError:
-        return False
-
-
 def _create(item: Placeholder, journal: IO[str]) -> None:
     """Create the placeholder (and missing parents), journaling every path before it exists."""
     parent = os.path.dirname(item.path)
@@ -106,7 +103,7 @@ def _create(item: Placeholder, journal: IO[str]) -> None:
     while not os.path.lexists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
-    if os.path.realpath(parent) != parent:
+    if os.path.normcase(os.path.realpath(parent)) != os.path.normcase(parent):  # Windows: any case
         # A symlink planted in the tree must not make us create files somewhere else.
         raise OSError(errno.ELOOP, "a parent directory is a symlink", parent)
     steps = [*(("dir", d) for d in reversed(missing)), (item.kind, item.path)]
@@ -117,7 +114,7 @@ def _create(item: Placeholder, journal: IO[str]) -> None:
         if content is None:
             os.mkdir(path, 0o755)
         else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, 0o644)
             os.write(fd, content)
             os.close(fd)
 
@@ -129,7 +126,8 @@ def _remove(kind: str, path: str) -> None:
             os.rmdir(path)  # fails, and is kept, if anything was put inside
             return
         with open(path, "rb") as fh:
-            if fh.read(3) == (CONTENT.get(kind) or b""):
-                os.unlink(path)
+            ours = fh.read(3) == (CONTENT.get(kind) or b"")
+        if ours:
+            os.unlink(path)  # once closed: Windows cannot delete a file that is open
     except OSError:
         pass

@@ -7,12 +7,11 @@ of its nearest entry (itself or an ancestor); a path under no entry is not visib
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, NamedTuple
 
-from . import globcache, globs, home
+from . import globcache, globs, home, hostdirs
 from .environ import sandbox_env
 from .errors import ConfigError
 from .policy.builtin import BUILTIN_FILE
@@ -23,7 +22,8 @@ from .sshconfig import SshPath, ssh_config_paths
 Kind = Literal["dir", "file", "missing", "scratch"]
 RANK: dict[str, int] = {"read": 0, "write": 1, "deny": 2}  # equal specificity: deny > write > read
 NARROW: dict[str, int] = {"deny": 0, "read": 1, "write": 2}  # for protection: pick the narrower
-MINIMAL = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+MINIMAL = hostdirs.POSIX_MINIMAL
+SEP = os.sep
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Context:
             cwd=cwd,
             roots=tuple(os.path.normpath(os.path.join(cwd, r)) for r in roots),
             home=home_dir(env),
-            tmpdir=env.get("TMPDIR") or None,
+            tmpdir=hostdirs.tmp_dir(env),
             env=env,
             uid=os.getuid() if hasattr(os, "getuid") else -1,  # Windows has no uid
         )
@@ -192,6 +192,8 @@ class _Builder:
         written = rule.path if pattern else globs.unescape(rule.path)
         if rule.anchor is None:
             path = fixed(home) + written[1:] if written.startswith("~") else written
+            if not pattern:
+                path = os.path.normpath(path)
             is_home = os.path.normpath(path) in (home, os.path.realpath(home))
             if is_home and not pattern and rule.access != "deny":
                 return self._home(rule)
@@ -208,23 +210,28 @@ class _Builder:
                 items += [i for root in self.roots for i in self._as_named(os.path.join(root, rule.path))]
             return items
         if rule.anchor == ":root":
-            return [Item("/")]
+            env = self.ctx.env
+            system = (hostdirs.minimal(env)[0],) if os.name == "nt" else ()
+            return [Item(p) for p in hostdirs.fs_roots((self.ctx.cwd, *self.roots, home, *system))]
         if rule.anchor == ":minimal":
-            prefixes = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
-            return [Item(p, False) for p in (*MINIMAL, *sorted(prefixes))]
+            return [Item(p, False) for p in hostdirs.minimal(self.ctx.env)]
         if rule.anchor == ":tmpdir":
             if not self.ctx.tmpdir:
-                self.notes.append(f"{rule.source}: TMPDIR is not set, nothing to grant")
+                names = "TEMP nor TMP is" if os.name == "nt" else "TMPDIR is not"
+                self.notes.append(f"{rule.source}: {names} set, nothing to grant")
                 return []
             return [Item(self.ctx.tmpdir, False)]
         if rule.anchor == ":slash_tmp":
-            return [Item("/tmp", False)]
+            slash_tmp = hostdirs.slash_tmp()
+            if slash_tmp is None and not _builtin(rule.source):
+                self.notes.append(f"{rule.source}: this system has no /tmp, nothing to grant")
+            return [Item(slash_tmp, False)] if slash_tmp else []
         if rule.anchor == ":home":
             return self._home(rule) if rule.access != "deny" else [Item(home)]
         if rule.anchor == ":ssh_keys":
             items = []
             for p in self.ssh_paths():
-                if p.secret and p.pattern and globs.split(p.path)[0] == "/":
+                if p.secret and p.pattern and globs.at_root(p.path):
                     raise ConfigError(  # fail closed: the key would otherwise stay readable
                         f"{p.keyword} {p.path} at {p.origin} can only be denied by walking the whole "
                         "filesystem; move it under a directory, or deny it yourself and set "
@@ -313,7 +320,7 @@ class _Builder:
                     continue  # nothing to guard in a scratch dir that is not a workspace
                 found.append(item)
         read_only: list[str] = []
-        for item in sorted(found, key=lambda p: p.path.count("/")):
+        for item in sorted(found, key=lambda p: p.path.count(SEP)):
             path = os.path.realpath(item.path)
             current = self.effective(path)
             if item.grant and current != "deny":
@@ -331,7 +338,7 @@ class _Builder:
                 if item.access == "read":
                     read_only.append(path)
         for ro in read_only:
-            prefix = ro + "/"
+            prefix = ro.rstrip(SEP) + SEP
             for p, r in list(self.entries.items()):
                 if p.startswith(prefix) and r.access == "write":
                     del self.entries[p]
@@ -420,6 +427,28 @@ def _safe_directory(env: dict[str, str], roots: tuple[str, ...], uid: int) -> No
     env["GIT_CONFIG_COUNT"] = str(count)
 
 
+def _scratch(b: _Builder, ctx: Context, roots: tuple[str, ...]) -> str:
+    """No tmp is writable: a private one (`kind = "scratch"`). On Linux a tmpfs over /tmp, under
+    which the roots and cwd that live there are bound again. On Windows nothing can be mounted:
+    the entry names `stockade-tmp` below the host's tmp, and the backend makes a fresh directory
+    there for each run (`mkdtemp`), writable, and removes it after."""
+    if os.name == "nt":
+        host_tmp = os.path.realpath(ctx.tmpdir or hostdirs.fallback_tmp(ctx.env))
+        path = os.path.join(host_tmp, "stockade-tmp")
+        reason = "no writable tmp granted: private, one per run"
+        b.entries[path] = PathRule(path, "write", "scratch", reason, path)
+        return path
+    if "/tmp" not in b.entries:
+        # Keep the roots and cwd that live under /tmp visible as they were, on top of it.
+        for path in {*roots, os.path.realpath(ctx.cwd)}:
+            access = b.effective(path)
+            if path.startswith("/tmp/") and access and path not in b.entries:
+                b.entries[path] = PathRule(path, access, "dir", "kept visible over private /tmp", path)
+        reason = "no writable tmp granted: private tmpfs"
+        b.entries["/tmp"] = PathRule("/tmp", "write", "scratch", reason, "/tmp")
+    return "/tmp"
+
+
 def materialize(profile: Profile, ctx: Context) -> Plan:
     roots = _roots(ctx)
     if profile.unconfined:
@@ -431,7 +460,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
             (),
             (),
             "on",
-            ctx.tmpdir or "/tmp",
+            ctx.tmpdir or hostdirs.fallback_tmp(ctx.env),
             dict(ctx.env),
             {},
             ("NO SANDBOX: full-access runs the command unconfined",),
@@ -467,25 +496,15 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
                 b.notes.append(f"{reason}: {item.path} matches nothing now")
             for path in found:
                 b.add(path, rule.access, reason, False, glob=True)
-    no_placeholders = {os.path.realpath(p) for p in (ctx.tmpdir, "/tmp") if p} | b.home_grants
+    tmps = [t for t in (ctx.tmpdir, hostdirs.slash_tmp()) if t]
+    no_placeholders = {os.path.realpath(p) for p in tmps} | b.home_grants
     b.protect(no_placeholders)
     b.protect_policy(_policy_files(profile, ctx))
     b.missing_denies()
 
-    tmpdir = next(
-        (t for t in (ctx.tmpdir, "/tmp") if t and b.effective(os.path.realpath(t)) == "write"), None
-    )
+    tmpdir = next((t for t in tmps if b.effective(os.path.realpath(t)) == "write"), None)
     if tmpdir is None:
-        tmpdir = "/tmp"
-        if "/tmp" not in b.entries:
-            # Keep the roots and cwd that live under /tmp visible as they were, on top of it.
-            for path in {*roots, os.path.realpath(ctx.cwd)}:
-                access = b.effective(path)
-                if path.startswith("/tmp/") and access and path not in b.entries:
-                    b.entries[path] = PathRule(path, access, "dir", "kept visible over private /tmp", path)
-            b.entries["/tmp"] = PathRule(
-                "/tmp", "write", "scratch", "no writable tmp granted: private tmpfs", "/tmp"
-            )
+        tmpdir = _scratch(b, ctx, roots)
     cwd = os.path.realpath(ctx.cwd)
     if b.effective(cwd) in (None, "deny"):
         raise ConfigError(
@@ -493,7 +512,7 @@ def materialize(profile: Profile, ctx: Context) -> Plan:
         )
 
     env, withheld = sandbox_env(ctx.env, profile.env)
-    env["TMPDIR"] = tmpdir
+    env.update(hostdirs.tmp_env(tmpdir))
     env["PWD"] = ctx.cwd
     _safe_directory(env, roots, ctx.uid)
     rules = tuple(sorted(b.entries.values(), key=lambda r: r.path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import ntpath
 import os
 import re
 import stat
@@ -235,10 +236,19 @@ def _fresh(walk: _Walk, env: Mapping[str, str]) -> bool:
     )
 
 
+def system_config_file(env: Mapping[str, str], os_name: str = os.name) -> str:
+    """OpenSSH's system-wide client config: %ProgramData%\\ssh\\ssh_config on Windows."""
+    if os_name != "nt":
+        return "/etc/ssh/ssh_config"
+    data = next((v for k, v in env.items() if k.casefold() == "programdata" and v), "C:\\ProgramData")
+    return ntpath.join(data, "ssh", "ssh_config")
+
+
 def ssh_config_paths(
-    home: str, env: Mapping[str, str], *, user: str, uid: int, system_config: str = "/etc/ssh/ssh_config"
+    home: str, env: Mapping[str, str], *, user: str, uid: int, system_config: str | None = None
 ) -> Result:
     """(paths, notes). Starts at <home>/.ssh/config and at system_config."""
+    system_config = system_config or system_config_file(env)
     key = (home, user, uid, system_config)
     cached = _cache.get(key)
     if cached is not None and _fresh(cached[0], env):

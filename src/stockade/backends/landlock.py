@@ -29,6 +29,7 @@ import shutil
 import signal
 import stat
 import struct
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field, replace
@@ -65,6 +66,8 @@ def fs_rights(abi: int) -> int:
 @functools.cache
 def kernel_abi() -> int:
     """The Landlock ABI the running kernel offers; 0 when it has none (or it is disabled)."""
+    if not sys.platform.startswith("linux"):  # the syscall number means something else elsewhere
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     version = libc.syscall(SYS_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
     return max(int(version), 0)

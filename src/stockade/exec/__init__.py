@@ -1,7 +1,9 @@
 """Spawning sandboxed processes: the one spawn path every entry point shares."""
 
+import sys
 from typing import Any
 
+from ..errors import SandboxUnavailable
 from .process import Result, Sandboxed, prepare, run
 
 __all__ = [
@@ -19,8 +21,17 @@ __all__ = [
 ]
 
 
+_SESSIONS = ("Output", "Session", "SessionInfo", "SessionManager", "AsyncSession", "AsyncSessionManager")
+_SESSIONS += ("arun",)  # the asyncio module is built on sessions
+
+
 def __getattr__(name: str) -> Any:
     """Sessions load on first use: `stockade run` never pays for termios and threads."""
+    if sys.platform == "win32" and name in _SESSIONS:
+        raise SandboxUnavailable(
+            f"{name}: sessions and the asyncio API are not available on Windows yet (sessions are "
+            "built on POSIX terminals: pty, termios, fcntl); stockade.run and `stockade run` work there"
+        )
     if name in ("Output", "Session", "SessionInfo", "SessionManager"):
         from . import session
 

@@ -33,7 +33,7 @@ def rule_for(plan: Plan, path: str) -> PathRule | None:
     """The entry that decides `path`: the most specific one at or above it."""
     best: PathRule | None = None
     for rule in plan.rules:
-        if (path == rule.path or path.startswith(rule.path.rstrip("/") + "/")) and (
+        if (path == rule.path or path.startswith(rule.path.rstrip(os.sep) + os.sep)) and (
             best is None or len(rule.path) > len(best.path)
         ):
             best = rule

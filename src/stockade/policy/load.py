@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..globs import escape, is_pattern, split
+from ..globs import at_root, escape, is_pattern
 from .builtin import BUILTIN, BUILTIN_FILE, DEFAULT_PROFILE, UNCONFINED
 from .model import (
     ACCESS_VALUES,
@@ -153,6 +153,33 @@ def _is_glob(path: str) -> bool:
     return is_pattern(path)
 
 
+SEPS = ("/", "\\") if os.name == "nt" else ("/",)
+ABSOLUTE = "an absolute path with its drive (C:\\dir or C:/dir)" if os.name == "nt" else "an absolute path"
+
+
+def _home_relative(path: str) -> bool:
+    """`~` or `~/...` (`~\\...` too on Windows): the Plan's home directory."""
+    return path == "~" or path.startswith(tuple("~" + sep for sep in SEPS))
+
+
+def _absolute(path: str, file: str | None, key: str) -> bool:
+    """Whether a key names an absolute path. On Windows that takes a drive or a UNC share: a path
+    rooted on "the current drive" (`/opt`, `\\opt`) is refused rather than guessed."""
+    if os.name != "nt":
+        return path.startswith("/")
+    drive, rest = os.path.splitdrive(path)
+    if drive and rest[:1] in SEPS:
+        return True
+    if drive or path[:1] in SEPS:
+        raise ConfigError(
+            f"{path!r} names no full location on Windows; write {ABSOLUTE}, ~/..., or a path relative "
+            "to the workspace roots",
+            file=file,
+            key=key,
+        )
+    return False
+
+
 def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
     source = f"{file}: {key}"
     if raw_key.startswith(":"):
@@ -181,10 +208,10 @@ def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
             raise ConfigError(':ssh_keys can be "deny" or "read", not "write"', file=file, key=key)
         return [FsRule(raw_key, ".", access, source)]
     access = _access(value, file, key)
-    if raw_key.startswith("/"):
+    if _absolute(raw_key, file, key):
         rule = FsRule(None, os.path.normpath(raw_key), access, source)
-    elif raw_key == "~" or raw_key.startswith("~/"):
-        rule = FsRule(None, raw_key.rstrip("/") or "~", access, source)
+    elif _home_relative(raw_key):
+        rule = FsRule(None, raw_key.rstrip("".join(SEPS)) or "~", access, source)
     elif raw_key.startswith("~"):
         raise ConfigError("only ~ and ~/... are supported, not ~user", file=file, key=key)
     else:
@@ -193,10 +220,10 @@ def _fs_rule(raw_key: str, value: Any, file: str, key: str) -> list[FsRule]:
 
 
 def _relative(path: str, file: str, key: str) -> str:
-    if path.startswith("/") or path.startswith("~"):
+    if path.startswith("~") or _absolute(path, file, key):
         raise ConfigError("sub-paths of :workspace_roots must be relative", file=file, key=key)
     norm = os.path.normpath(path) if path else "."
-    if norm == ".." or norm.startswith("../"):
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
         raise ConfigError(
             "relative paths must stay inside the root; use an absolute path", file=file, key=key
         )
@@ -220,7 +247,7 @@ def check_bounded(profile: Profile) -> None:
         if "**" not in rule.path:
             continue
         file, _, key = rule.source.partition(": ")
-        if rule.anchor is None and split(rule.path)[0] == "/":
+        if rule.anchor is None and at_root(rule.path):
             raise ConfigError(
                 f"{rule.path!r} would walk the whole filesystem; anchor the ** under a directory "
                 "(a relative pattern applies under every workspace root, or write ~/... or /dir/**/...)",
@@ -451,8 +478,8 @@ def _flag_rules(paths: tuple[str, ...], access: Access, flag: str, cwd: str) -> 
     rules = []
     for raw in paths:
         text = raw if access == "deny" else escape(raw)
-        if raw == "~" or raw.startswith("~/"):
-            rule = FsRule(None, text.rstrip("/") or "~", access, f"{flag} {raw}")  # the Plan's HOME
+        if _home_relative(raw):
+            rule = FsRule(None, text.rstrip("".join(SEPS)) or "~", access, f"{flag} {raw}")  # the Plan's HOME
         elif raw.startswith("~"):
             raise ConfigError("only ~ and ~/... are supported, not ~user", key=f"{flag} {raw}")
         else:

@@ -8,7 +8,7 @@ contributor runs there.
 
 from __future__ import annotations
 
-from .backend import WindowsBackend
+from .backend import WindowsBackend, with_private_tmp
 from .model import Ace, CreateFirst, FirewallRule, Inherit, Right, WindowsPlan, mask
 from .paths import FsView, HostFs, path_key
 from .reconcile import reconcile
@@ -31,4 +31,5 @@ __all__ = [
     "path_key",
     "reconcile",
     "render",
+    "with_private_tmp",
 ]

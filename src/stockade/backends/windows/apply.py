@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 from ...errors import SandboxUnavailable, StockadeError, UnsupportedPolicy
+from .backend import NOT_STARTED
 from .model import Ace, Inherit, Right, WindowsPlan, mask, rights_of
 from .paths import path_key
 from .reconcile import desired_at, paths_touched, reconcile
@@ -33,7 +34,6 @@ from .sids import SidStore
 SE_FILE_OBJECT, DACL_SECURITY_INFORMATION = 1, 0x4
 PROTECTED_DACL, UNPROTECTED_DACL, SE_DACL_PROTECTED = 0x80000000, 0x20000000, 0x1000
 ACL_REVISION, ACCESS_ALLOWED, ACCESS_DENIED, INHERITED_ACE, NO_PROPAGATE_INHERIT = 2, 0, 1, 0x10, 0x4
-NOT_STARTED = 125  # the exit status when the command never ran (the backend reads the marker)
 
 Entry = tuple[str, str, int, int, bytes]  # principal, allow|deny, ACE flags, access mask, raw ACE
 

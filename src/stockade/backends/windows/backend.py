@@ -10,12 +10,15 @@ So every entry point still goes through the one spawn path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
 
+from ... import hostdirs
 from ...errors import SandboxUnavailable, UnsupportedPolicy
 from ...plan import Plan
 from ..base import LaunchSpec, ProxyEndpoint
@@ -25,6 +28,21 @@ from .render import render
 from .sids import SidStore, default_state_file
 
 STARTED = "started"  # written by the helper right before the command starts
+NOT_STARTED = 125  # the helper's exit status when the command never ran (apply.NOT_STARTED)
+
+
+def with_private_tmp(plan: Plan, directory: str | None = None) -> Plan:
+    """The Plan's scratch entry (no tmp granted) made real: `directory`, a fresh one per run,
+    writable, with every tmp variable pointing there. Without `directory`, the entry's own
+    (nominal) path: what `check()` and `explain` render, with the same refusals as a run."""
+    scratch = next((r for r in plan.rules if r.kind == "scratch"), None)
+    if scratch is None:
+        return plan
+    path = directory or scratch.path
+    rule = dataclasses.replace(scratch, path=path, lexical=path, kind="dir")
+    rules = tuple(sorted((rule if r is scratch else r for r in plan.rules), key=lambda r: r.path))
+    env = {**plan.env, **hostdirs.tmp_env(path, "nt")}
+    return dataclasses.replace(plan, rules=rules, tmpdir=path, env=env)
 
 
 class WindowsBackend:
@@ -54,7 +72,7 @@ class WindowsBackend:
             raise UnsupportedPolicy(
                 "network = proxy: the filtering proxy does not listen on a loopback TCP port on Windows yet"
             )
-        refusals = self.render(plan).refusals
+        refusals = self.render(with_private_tmp(plan)).refusals
         if refusals:
             raise UnsupportedPolicy("; ".join(refusals))
 
@@ -62,8 +80,13 @@ class WindowsBackend:
         self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
     ) -> LaunchSpec:
         self.check(plan)
-        windows_plan = self.render(plan)
         private = tempfile.mkdtemp(prefix="stockade-win-", dir=os.path.dirname(self.state_file) or None)
+        remove_after = [private]
+        scratch = next((r.path for r in plan.rules if r.kind == "scratch"), None)
+        if scratch is not None:
+            remove_after.append(tempfile.mkdtemp(prefix="stockade-tmp-", dir=os.path.dirname(scratch)))
+            plan = with_private_tmp(plan, remove_after[-1])
+        windows_plan = self.render(plan)
         plan_file = os.path.join(private, "plan.json")
         with open(plan_file, "w", encoding="utf-8") as fh:
             json.dump(windows_plan.to_json(), fh)
@@ -84,12 +107,20 @@ class WindowsBackend:
             os.path.join(private, STARTED),
         ]
         return LaunchSpec(
-            argv=[*helper, "--", *argv], env=env, cwd=plan.cwd, supervisor=True, remove_after=[private]
+            argv=[*helper, "--", *argv], env=env, cwd=plan.cwd, supervisor=True, remove_after=remove_after
         )
 
     def finish(self, spec: LaunchSpec, returncode: int) -> int | None:
+        """The command's status once it started; the plan file and the private tmp go either way.
+        The applier's NOT_STARTED (it printed why) means the sandbox could not be set up."""
         started = bool(spec.remove_after) and os.path.exists(os.path.join(spec.remove_after[0], STARTED))
-        return returncode if started else None
+        for path in spec.remove_after:
+            shutil.rmtree(path, ignore_errors=True)
+        if started:
+            return returncode
+        if returncode == NOT_STARTED:
+            raise SandboxUnavailable("the Windows sandbox could not be set up (the reason is above)")
+        return None
 
     def kill(self, spec: LaunchSpec, pid: int) -> None:
         """Ending the helper closes its job object, which ends every process the command started."""
@@ -97,4 +128,5 @@ class WindowsBackend:
             os.kill(pid, signal.SIGTERM)
 
     def cleanup(self, spec: LaunchSpec, pid: int) -> None:
-        """Nothing is left: the job object died with the helper (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE)."""
+        """Nothing is left: the job object died with the helper (JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE).
+        The private directories go in finish(), after it has read the helper's marker."""

@@ -30,24 +30,29 @@ except ImportError:  # Windows: only the platform-neutral modules below are coll
 
 # The tests that do not need this kernel (bwrap, Landlock, seccomp, namespaces): what a
 # contributor runs on macOS or Windows, beside scripts/smoke-macos.sh or smoke-windows.ps1.
-PORTABLE = frozenset(
-    {
-        "test_globs.py",
-        "test_policy.py",
-        "test_portable.py",
-        "test_seatbelt.py",
-        "test_sshconfig.py",
-        "test_tracestate.py",
-        "test_windows_plan.py",
-    }
-)
+# Windows' set passes in Windows CPython under Wine; the POSIX one has not run on a Mac yet.
+PORTABLE = {
+    "win32": frozenset({"test_portable.py", "test_tracestate.py", "test_windows_plan.py"}),
+    "posix": frozenset(
+        {
+            "test_globs.py",
+            "test_policy.py",
+            "test_portable.py",
+            "test_seatbelt.py",
+            "test_sshconfig.py",
+            "test_tracestate.py",
+            "test_windows_plan.py",
+        }
+    ),
+}
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """On anything but Linux, only PORTABLE modules are collected (the rest enforce on Linux)."""
+    """On anything but Linux, only the PORTABLE modules are collected (the rest enforce on Linux)."""
     if sys.platform.startswith("linux") or not collection_path.name.startswith("test_"):
         return None
-    return collection_path.name not in PORTABLE or None
+    portable = PORTABLE["win32" if sys.platform == "win32" else "posix"]
+    return collection_path.name not in portable or None
 
 
 TEST_USER = "stockade-test"

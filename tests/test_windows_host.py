@@ -8,7 +8,9 @@ nothing here says the command is confined; `scripts/smoke-windows.ps1` does that
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,32 @@ def test_what_windows_lacks_says_so_instead_of_a_traceback(winpy: Any, host: dic
     done = winpy.stockade("mcp", cwd=host["ws"], env=host["env"])
     assert done.returncode == 2 and "not available on Windows yet" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+PYTEST = """
+import sys
+sys.path.insert(0, ARGS[0])
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-rs", ARGS[1]]))
+"""
+
+
+def test_a_windows_contributor_runs_the_portable_tests(winpy: Any) -> None:
+    """`pytest` in Windows CPython collects only conftest's PORTABLE set for win32, and it passes:
+    what a contributor with a Windows box runs before scripts/smoke-windows.ps1."""
+    site = winpy.mkdtemp("site-")
+    for name in ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pygments", "py"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(origin, site / origin.name)
+    tests = Path(__file__).resolve().parent
+    done = winpy.run(PYTEST, winpy.win(site), winpy.win(tests), cwd=tests.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "failed" not in summary and "error" not in summary, summary
+    assert int(summary.split(" passed")[0].split()[-1]) >= 90, summary  # the renderer's tests ran

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import sys
@@ -37,6 +36,11 @@ from ..errors import SandboxUnavailable, UnsupportedPolicy
 from ..plan import MINIMAL, Limits, PathRule, Plan, nearest_access
 from . import sbpl
 from .base import LaunchSpec, ProxyEndpoint
+
+try:
+    import resource
+except ImportError:  # Windows: the profile still renders (`explain --platform macos`)
+    resource = None  # type: ignore[assignment]
 
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
 # `:minimal` on macOS: system programs and libraries (dyld's shared cache lives under /System,

@@ -61,7 +61,6 @@ from stockade.plan import Placeholder
 from stockade.state import state_dir
 root = ARGS[0]
 items = [Placeholder(os.path.join(root, *p.split("/")), k) for p, k in json.loads(ARGS[1])]
-journal = os.path.join(state_dir(), "placeholders.journal")
 
 def wait_for(path):
     for _ in range(1200):
@@ -102,10 +101,11 @@ def ws(winpy: WinPython) -> tuple[Path, dict[str, str]]:
     return root, {"XDG_STATE_HOME": winpy.win(state)}  # state_dir() is $XDG_STATE_HOME\stockade
 
 
-def journal_of(env: dict[str, str], winpy: WinPython) -> Path:
+def journals_of(env: dict[str, str], winpy: WinPython) -> list[Path]:
+    """The placeholder journals in the state directory (one per run that created any)."""
     xdg = env["XDG_STATE_HOME"]
     assert xdg.startswith("C:\\")
-    return winpy.drive_c.joinpath(*xdg[3:].split("\\"), "stockade", "placeholders.journal")
+    return sorted(winpy.drive_c.joinpath(*xdg[3:].split("\\"), "stockade").glob("placeholders*.journal"))
 
 
 def run(winpy: WinPython, code: str, root: Path, env: dict[str, str], *args: str) -> str:
@@ -184,13 +184,12 @@ def test_a_run_creates_its_placeholders_and_removes_them_after(
     out = run(
         winpy,
         """
-        with Placeholders(items):
+        with Placeholders(items) as run:
             inside = state()
-            with open(journal, encoding="utf-8") as fh:
+            with open(run.journal, encoding="utf-8") as fh:
                 lines = fh.read().splitlines()
-        with open(journal, "rb") as fh:
-            after = fh.read()
-        print(json.dumps({"inside": inside, "journal": lines, "after": after.decode(), "state": state()}))
+        after = os.path.exists(run.journal)
+        print(json.dumps({"inside": inside, "journal": lines, "after": after, "state": state()}))
         """,
         root,
         env,
@@ -211,7 +210,7 @@ def test_a_run_creates_its_placeholders_and_removes_them_after(
         f"dir\t{win}\\.codex\\deep",
         f"file\t{win}\\.codex\\deep\\config.toml",
     ]
-    assert data["after"] == "" and data["state"] == {}  # swept: the journal is empty again
+    assert data["after"] is False and data["state"] == {}  # swept, and the run's journal is gone
     assert tree(root) == before
 
 
@@ -287,7 +286,7 @@ def test_a_run_ending_does_not_remove_what_a_live_run_needs(
     assert len(json.loads(out[0].stdout)) == 3
     # The last run out swept everything, the other run's placeholder too.
     assert tree(root) == before
-    assert journal_of(env, winpy).read_bytes() == b""
+    assert journals_of(env, winpy) == []
 
 
 def test_a_killed_run_leaves_its_journal_and_the_next_run_sweeps_it(
@@ -315,7 +314,8 @@ def test_a_killed_run_leaves_its_journal_and_the_next_run_sweeps_it(
     )
     assert killed.returncode == 9 and len(json.loads(killed.stdout)) == 3, killed.stdout + killed.stderr
     assert (root / ".agents").is_dir() and (root / ".codex" / "deep" / "config.toml").is_file()
-    assert b".agents" in journal_of(env, winpy).read_bytes()  # left behind
+    (left,) = journals_of(env, winpy)  # left behind
+    assert b".agents" in left.read_bytes()
 
     # The next run (with other placeholders) holds the lock alone: it sweeps on its way in.
     out = run(
@@ -334,4 +334,29 @@ def test_a_killed_run_leaves_its_journal_and_the_next_run_sweeps_it(
     assert len(data["before"]) == 3  # the killed run's, still there when it started
     assert data["inside"] == {f"{winpy.win(root)}\\.stockade": "dir"}  # and gone once it is in
     assert tree(root) == before
-    assert journal_of(env, winpy).read_bytes() == b""
+    assert journals_of(env, winpy) == []
+
+
+def test_journals_of_dead_runs_are_swept_deepest_first_on_linux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run journals on its own; a sweep reads them all and removes children before parents,
+    whichever run made which: run A made `.codex`, run B the file inside it."""
+    from stockade.placeholders import Placeholders
+    from stockade.plan import Placeholder
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    root = tmp_path / "ws"
+    (root / ".codex").mkdir(parents=True)
+    (root / ".codex" / "config.toml").write_bytes(b"")
+    (root / ".kept").mkdir()
+    (root / ".kept" / "user-file").write_text("the user's, not ours")
+    state = tmp_path / "state" / "stockade"
+    state.mkdir(parents=True, mode=0o700)
+    (state / "placeholders.1-a.journal").write_text(f"dir\t{root}/.codex\ndir\t{root}/.kept\n")
+    (state / "placeholders.2-b.journal").write_text(f"file\t{root}/.codex/config.toml\n")
+    with Placeholders([Placeholder(str(root / ".agents"), "dir")]):
+        assert sorted(p.name for p in root.iterdir()) == [".agents", ".kept"]
+        assert len(list(state.glob("placeholders*.journal"))) == 1  # only this run's
+    assert sorted(p.name for p in root.iterdir()) == [".kept"]  # not empty: never ours to remove
+    assert list(state.glob("placeholders*.journal")) == []

@@ -4,13 +4,18 @@ the command cannot create them) and removed afterwards, so the user's tree is le
 Concurrent runs share placeholders: every run holds a shared lock while it runs, and only a run
 that can take the lock exclusively (no other run alive) removes them. A run killed with SIGKILL
 leaves its journal behind; the next run to hold the lock alone cleans it up. The lock is flock(2)
-on POSIX and LockFileEx on Windows (`filelock`).
+on POSIX and LockFileEx on Windows (`filelock`). Each run writes a journal of its own: runs
+append at the same time, and Windows emulates O_APPEND with a seek and a write, which two
+processes can interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import os
+import secrets
 from collections.abc import Iterable
 from types import TracebackType
 from typing import IO
@@ -50,7 +55,8 @@ class Placeholders:
                 f"sharing them between runs needs a file lock, but {filelock.UNSUPPORTED}; nothing was run"
             )
         base = state_dir()
-        self.journal = os.path.join(base, "placeholders.journal")
+        self.base = base
+        self.journal = os.path.join(base, f"placeholders.{os.getpid()}-{secrets.token_hex(4)}.journal")
         self.lock = FileLock(os.path.join(base, "placeholders.lock"))
         if self.lock.try_exclusive():
             self._sweep()  # leftovers of a run that was killed
@@ -85,15 +91,20 @@ class Placeholders:
             self.lock = None
 
     def _sweep(self) -> None:
-        try:
-            with open(self.journal, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            return
-        for line in reversed(lines):  # deepest (created last) first
-            kind, _, path = line.partition("\t")
+        """Remove what every journal lists (no run is alive: we hold the lock alone), deepest
+        first: one run's placeholder may sit in a directory another run created."""
+        journals = glob.glob(os.path.join(glob.escape(self.base), "placeholders*.journal"))
+        entries: set[tuple[str, str]] = set()
+        for journal in journals:
+            with contextlib.suppress(OSError), open(journal, encoding="utf-8") as fh:
+                for line in fh.read().splitlines():
+                    kind, _, path = line.partition("\t")
+                    entries.add((kind, path))
+        for kind, path in sorted(entries, key=lambda e: (-e[1].count(os.sep), e[1])):
             _remove(kind, path)
-        os.truncate(self.journal, 0)
+        for journal in journals:
+            with contextlib.suppress(OSError):
+                os.unlink(journal)
 
 
 def _create(item: Placeholder, journal: IO[str]) -> None:

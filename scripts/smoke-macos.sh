@@ -98,6 +98,20 @@ if python3 -c 'import socket; socket.create_connection(("1.1.1.1", 443), timeout
   check "connect out (network off)" blocked \
     'python3 -c "import socket; socket.create_connection((\"1.1.1.1\", 443), timeout=3)"'
   check "resolve a name (network off)" blocked 'python3 -c "import socket; socket.getaddrinfo(\"example.com\", 443)"'
+  # Proxy mode: the filtering proxy on a loopback port is the only way out.
+  proxy=(--network proxy --allow-domain pypi.org)
+  check "proxy: an allowed host" ok 'curl -fsS -o /dev/null https://pypi.org/simple/' "${proxy[@]}"
+  check "proxy: a host not allowed" blocked 'curl -fsS -o /dev/null https://example.com/' "${proxy[@]}"
+  check "proxy: around the proxy" blocked \
+    'curl -fsS --noproxy "*" -o /dev/null https://pypi.org/simple/' "${proxy[@]}"
+  python3 -m http.server --bind 127.0.0.1 47811 >/dev/null 2>&1 &  # a host service on loopback
+  server=$!
+  sleep 1
+  check "proxy: a loopback service of the host" blocked \
+    'python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 47811), timeout=3)"' "${proxy[@]}"
+  check "  (it is reachable unsandboxed)" ok \
+    'python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 47811), timeout=3)"' --profile full-access
+  kill "$server" 2>/dev/null
 else
   skip "network: this Mac cannot connect out unsandboxed"
 fi

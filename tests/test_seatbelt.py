@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_proxy import servers as servers
 
 from stockade.backends import sbpl, seatbelt
+from stockade.backends.base import ProxyEndpoint
 from stockade.backends.seatbelt import SeatbeltBackend, check, macos_rules, render
 from stockade.errors import SandboxUnavailable, UnsupportedPolicy
 from stockade.globs import expand_all
@@ -767,9 +769,16 @@ def test_launch_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert allowed(forms, "file-write-data", scratch + "/f") and spec.preexec is not None
     backend.cleanup(spec, 2**22 + 12345)  # no such process group: nothing to kill
     assert not os.path.exists(scratch)
-    with pytest.raises(UnsupportedPolicy, match="loopback TCP"):
-        backend.check(proxy_plan())
     assert backend.finish(spec, -9) == 137 and backend.finish(spec, 3) == 3
+    # Proxy mode: only with a proxy on a loopback port, which the profile and the env both name.
+    backend.check(proxy_plan())
+    with pytest.raises(UnsupportedPolicy, match="no proxy listens on a loopback port"):
+        backend.launch(proxy_plan(), ["x"])
+    endpoint = ProxyEndpoint(str(tmp_path), str(tmp_path / "proxy.sock"), str(tmp_path / "h.sock"), 41234)
+    spec = backend.launch(proxy_plan(), ["x"], endpoint)
+    assert '(allow network-outbound (remote ip "localhost:41234"))' in spec.argv[2]
+    assert spec.env["HTTPS_PROXY"] == "http://127.0.0.1:41234" and spec.env["ALL_PROXY"].endswith(":41234")
+    assert spec.env["GIT_SSH_COMMAND"] == "ssh -o ProxyCommand='nc -X connect -x 127.0.0.1:41234 %h %p'"
 
 
 def test_cli_explain_prints_this_hosts_profile_and_seatbelt_refuses_to_run_here(tmp_path: Path) -> None:
@@ -793,3 +802,57 @@ def test_cli_explain_prints_this_hosts_profile_and_seatbelt_refuses_to_run_here(
         text=True,
     )
     assert run.returncode != 0 and "macOS only" in run.stderr and not marker.exists(), run.stderr
+
+
+INSIDE_PROXY = r"""
+import json, os, sys, urllib.request
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return f"{r.status} {r.read().decode()}"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {e.read().decode().strip()}"
+web = sys.argv[1]
+print(json.dumps({"ok": get(f"http://ok.test:{web}/x"), "bad": get(f"http://bad.test:{web}/x"),
+                  "proxy": os.environ["HTTP_PROXY"]}))
+"""
+
+
+def test_proxy_mode_wiring_through_a_stand_in_for_sandbox_exec(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, servers: dict[str, int]
+) -> None:
+    """The one spawn path with the Seatbelt backend in proxy mode: the proxy is started on a
+    loopback port, the profile allows exactly that port, and the command's HTTP_PROXY reaches it
+    (allowed host through, denied host refused). sandbox-exec is a stand-in that records the
+    profile and runs the command: this proves the wiring, not Seatbelt's enforcement, which is
+    scripts/smoke-macos.sh's on a Mac."""
+    import stockade
+    from stockade.exec.process import Sandboxed
+
+    web = servers["web"]
+    recorded = tmp_path / "profile.sb"
+    stand_in = tmp_path / "sandbox-exec"
+    script = f'[ "$1" = -p ] || exit 64\nprintf %s "$2" > {recorded}\nshift 3\nexec "$@"\n'
+    stand_in.write_text("#!/bin/sh\n" + script)
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", str(stand_in))
+    monkeypatch.setattr(seatbelt, "unavailable", lambda: None)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 ok.test bad.test\n")
+    monkeypatch.setenv("STOCKADE_PROXY_HOSTS", str(hosts))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    allow = ("ok.test", f"127.0.0.1:{web}")
+    plan = stockade.explain(cwd=str(ws), network="proxy", allow_domains=allow, deny_domains=("bad.test",))
+    argv = [sys.executable, "-c", INSIDE_PROXY, str(web)]
+    with Sandboxed(plan, argv, stdout=subprocess.PIPE, backend=SeatbeltBackend()) as run:
+        port = run._proxy.endpoint.tcp_port
+        stdout = run.proc.stdout.read()
+        code = run.finish()
+    assert code == 0
+    got = __import__("json").loads(stdout)
+    assert got["proxy"] == f"http://127.0.0.1:{port}" and port not in (None, 3128)
+    assert got["ok"] == f"200 hello from ok.test:{web} /x", got
+    assert got["bad"].startswith("403 stockade: blocked bad.test"), got
+    net = [line for line in recorded.read_text().splitlines() if line.startswith("(allow network")]
+    assert net == [f'(allow network-outbound (remote ip "localhost:{port}"))'], net

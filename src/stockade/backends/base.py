@@ -18,23 +18,32 @@ class ProxyEndpoint:
     directory: str  # private, inside stockade's state directory; only it is shown inside
     socket: str  # the unix socket in it (a client speaks HTTP or SOCKS5 on it: ssh's helper)
     handoff: str  # the bridge passes each of the command's connections here, as an fd
+    # The host loopback port the proxy also listens on, for a backend without a network
+    # namespace (Seatbelt: its profile lets the command reach this port and nothing else).
+    tcp_port: int | None = None
 
     PORT = 3128  # the proxy's port on the sandbox's own loopback (the bridge listens there)
 
-    def environment(self, connect_helper: str) -> dict[str, str]:
-        """The variables that point tools at the proxy; `connect_helper` tunnels ssh through it."""
-        http, socks = f"http://127.0.0.1:{self.PORT}", f"socks5h://127.0.0.1:{self.PORT}"
+    def environment(self, connect_helper: str | None) -> dict[str, str]:
+        """The variables that point tools at the proxy. ssh tunnels through `connect_helper` on
+        the unix socket, or, without one, through nc's HTTP CONNECT on the TCP port."""
+        port = self.tcp_port or self.PORT
+        http, socks = f"http://127.0.0.1:{port}", f"socks5h://127.0.0.1:{port}"
         java = " ".join(
             f"-D{scheme}.proxy{key}={value}"
             for scheme in ("http", "https")
-            for key, value in (("Host", "127.0.0.1"), ("Port", self.PORT))
+            for key, value in (("Host", "127.0.0.1"), ("Port", port))
         )
         env = {name: http for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
         env |= {"ALL_PROXY": socks, "all_proxy": socks, "NO_PROXY": "localhost,127.0.0.1,::1"}
         env |= {"no_proxy": env["NO_PROXY"], "PIP_PROXY": http, "npm_config_proxy": http}
         env |= {"npm_config_https_proxy": http, "YARN_HTTP_PROXY": http, "YARN_HTTPS_PROXY": http}
         env |= {"JAVA_TOOL_OPTIONS": java + " -Dhttp.nonProxyHosts=localhost|127.0.0.1"}
-        env["GIT_SSH_COMMAND"] = f"ssh -o ProxyCommand='{connect_helper} --connect {self.socket} %h %p'"
+        if connect_helper is not None:
+            tunnel = f"{connect_helper} --connect {self.socket} %h %p"
+        else:
+            tunnel = f"nc -X connect -x 127.0.0.1:{port} %h %p"  # BSD nc (macOS)
+        env["GIT_SSH_COMMAND"] = f"ssh -o ProxyCommand='{tunnel}'"
         return env
 
 

@@ -318,6 +318,7 @@ class SeatbeltBackend:
     """`sandbox-exec -p PROFILE -- COMMAND` (macOS only; experimental)."""
 
     name = "seatbelt"
+    proxy_over_tcp = True  # no network namespace: the proxy listens on a loopback port instead
 
     def available(self) -> bool:
         return unavailable() is None
@@ -329,10 +330,6 @@ class SeatbeltBackend:
         if why := unavailable():
             raise SandboxUnavailable(why)
         problems = check(plan)
-        if plan.network == "proxy":
-            problems.append(
-                "network = proxy: on macOS the proxy would need a loopback TCP port (not wired yet)"
-            )
         if problems:
             raise UnsupportedPolicy(
                 "the Seatbelt backend cannot enforce this Plan:\n  " + "\n  ".join(problems)
@@ -342,11 +339,18 @@ class SeatbeltBackend:
         self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
     ) -> LaunchSpec:
         self.check(plan)
+        port = None
+        if plan.network == "proxy":
+            if endpoint is None or endpoint.tcp_port is None:
+                raise UnsupportedPolicy("network = proxy, but no proxy listens on a loopback port for it")
+            port = endpoint.tcp_port
         scratch = None
         if any(r.kind == "scratch" for r in plan.rules):
             scratch = os.path.realpath(tempfile.mkdtemp(prefix="stockade-tmp-"))
-        profile = render(plan, scratch_dir=scratch, tty=tty)
+        profile = render(plan, proxy_port=port, scratch_dir=scratch, tty=tty)
         env = dict(plan.env) | ({"TMPDIR": scratch} if scratch else {})
+        if endpoint is not None and port is not None:
+            env |= endpoint.environment(None)  # ssh through /usr/bin/nc's HTTP CONNECT
         spec = LaunchSpec([SANDBOX_EXEC, "-p", profile, "--", *argv], env, plan.cwd)
         spec.remove_after = [scratch] if scratch else []
         spec.preexec = lambda: _child(plan.limits, tty)

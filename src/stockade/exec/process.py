@@ -154,7 +154,8 @@ class Sandboxed:
             if plan.network == "proxy":
                 from .proxy import start_proxy
 
-                self._proxy = start_proxy(plan, self._on_network(network_log))
+                tcp = getattr(self.backend, "proxy_over_tcp", False)  # no network namespace (Seatbelt)
+                self._proxy = start_proxy(plan, self._on_network(network_log), tcp=tcp)
                 endpoint = self._proxy.endpoint
             self.spec = self.backend.launch(plan, list(argv), endpoint, tty=tty)
             self.spec.env.update(self.span.child_env())  # TRACEPARENT: tools inside continue the trace

@@ -36,7 +36,11 @@ class RunningProxy:
         shutil.rmtree(self.endpoint.directory, ignore_errors=True)
 
 
-def start_proxy(plan: Plan, on_event: Callable[[Event], None] | None = None) -> RunningProxy:
+def start_proxy(
+    plan: Plan, on_event: Callable[[Event], None] | None = None, *, tcp: bool = False
+) -> RunningProxy:
+    """The proxy for one command: on a unix socket (and its handoff socket, for the bridge), and
+    with `tcp` also on an ephemeral loopback port, for a backend with no network namespace."""
     assert plan.proxy is not None
     rules = HostRules(plan.proxy.allow, plan.proxy.deny, plan.proxy.allow_local_binding)
     directory = tempfile.mkdtemp(prefix="proxy-", dir=state_dir())
@@ -45,11 +49,13 @@ def start_proxy(plan: Plan, on_event: Callable[[Event], None] | None = None) -> 
     handoff_path = os.path.join(directory, "handoff.sock")
     proxy = FilteringProxy(rules, command=uuid.uuid4().hex[:12], hosts=_hosts(), on_event=on_event)
     try:
-        thread = ProxyThread(proxy, unix_path=socket_path, handoff_path=handoff_path)
+        loopback = ("127.0.0.1", 0) if tcp else None
+        thread = ProxyThread(proxy, unix_path=socket_path, tcp=loopback, handoff_path=handoff_path)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return RunningProxy(thread, ProxyEndpoint(directory, socket_path, handoff_path))
+    port = next((a[1] for a in thread.addresses if isinstance(a, tuple)), None)
+    return RunningProxy(thread, ProxyEndpoint(directory, socket_path, handoff_path, port))
 
 
 def _hosts() -> dict[str, list[str]]:

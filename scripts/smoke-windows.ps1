@@ -49,6 +49,15 @@ glob_scan_max_depth = 8
 [profiles.smoke-restricted.network]
 mode = "on"
 '@
+$proxyConfig = Join-Path $outside "proxy.toml"
+Set-Content -Path $proxyConfig -Encoding ascii -Value @'
+[profiles.smoke-proxy]
+extends = "workspace"
+
+[profiles.smoke-proxy.network]
+mode = "proxy"
+allow = ["pypi.org", "files.pythonhosted.org"]
+'@
 $smokeProfile, $smokeConfig = "workspace", "-"  # "-": no config file (PowerShell drops empty arguments)
 if ($Mode -eq "restricted") { $smokeProfile, $smokeConfig = "smoke-restricted", $config }
 
@@ -89,6 +98,13 @@ if ($Mode -eq "elevated") {
     Check "network is off"              blocked (Py "import socket; socket.create_connection(('1.1.1.1', 443), timeout=3)")
     Check "host loopback service is off" blocked (Py "import socket; socket.create_connection(('127.0.0.1', $hostPort), timeout=3)")
     Check "read src\.ENV.local"          blocked "type src\.ENV.local"
+    # Proxy mode: the filtering proxy's loopback port is the only way out.
+    $smokeProfile, $smokeConfig = "smoke-proxy", $proxyConfig
+    Check "proxy: an allowed host"      ok      (Py "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/', timeout=20)")
+    Check "proxy: a host not allowed"   blocked (Py "import urllib.request; urllib.request.urlopen('https://example.com/', timeout=20)")
+    Check "proxy: around the proxy"     blocked (Py "import socket; socket.create_connection(('1.1.1.1', 443), timeout=3)")
+    Check "proxy: host loopback service" blocked (Py "import socket; socket.create_connection(('127.0.0.1', $hostPort), timeout=3)")
+    $smokeProfile, $smokeConfig = "workspace", "-"
     # read-only: nothing writable but a fresh private directory below TEMP, for this run only.
     $smokeProfile = "read-only"
     Check "read-only: write in the workspace" blocked "echo hi> ro.txt"

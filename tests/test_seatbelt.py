@@ -805,16 +805,28 @@ def test_cli_explain_prints_this_hosts_profile_and_seatbelt_refuses_to_run_here(
 
 
 INSIDE_PROXY = r"""
-import json, os, sys, urllib.request
+import json, os, socket, sys, urllib.request
 def get(url):
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
             return f"{r.status} {r.read().decode()}"
     except urllib.error.HTTPError as e:
         return f"{e.code} {e.read().decode().strip()}"
-web = sys.argv[1]
-print(json.dumps({"ok": get(f"http://ok.test:{web}/x"), "bad": get(f"http://bad.test:{web}/x"),
-                  "proxy": os.environ["HTTP_PROXY"]}))
+web, echo = sys.argv[1:3]
+out = {"ok": get(f"http://ok.test:{web}/x"), "bad": get(f"http://bad.test:{web}/x")}
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+tunnel = socket.create_connection(("127.0.0.1", port), timeout=10)  # CONNECT, as HTTPS does
+tunnel.sendall(f"CONNECT ok.test:{echo} HTTP/1.1\r\n\r\n".encode())
+head = b""
+while not head.endswith(b"\r\n\r\n"):
+    head += tunnel.recv(1)
+tunnel.sendall(b"tunnel" * 50000)
+tunnel.shutdown(socket.SHUT_WR)
+back = b""
+while data := tunnel.recv(65536):
+    back += data
+out |= {"tunnel": [head.split()[1].decode(), len(back)], "proxy": os.environ["HTTP_PROXY"]}
+print(json.dumps(out))
 """
 
 
@@ -837,14 +849,16 @@ def test_proxy_mode_wiring_through_a_stand_in_for_sandbox_exec(
     stand_in.chmod(0o755)
     monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", str(stand_in))
     monkeypatch.setattr(seatbelt, "unavailable", lambda: None)
+    monkeypatch.delattr(os, "splice")  # as on macOS: the proxy's tunnels copy instead
+    monkeypatch.delattr(os, "pipe2")
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 ok.test bad.test\n")
     monkeypatch.setenv("STOCKADE_PROXY_HOSTS", str(hosts))
     ws = tmp_path / "ws"
     ws.mkdir()
-    allow = ("ok.test", f"127.0.0.1:{web}")
+    allow = ("ok.test", f"127.0.0.1:{web}", f"127.0.0.1:{servers['echo']}")
     plan = stockade.explain(cwd=str(ws), network="proxy", allow_domains=allow, deny_domains=("bad.test",))
-    argv = [sys.executable, "-c", INSIDE_PROXY, str(web)]
+    argv = [sys.executable, "-c", INSIDE_PROXY, str(web), str(servers["echo"])]
     with Sandboxed(plan, argv, stdout=subprocess.PIPE, backend=SeatbeltBackend()) as run:
         port = run._proxy.endpoint.tcp_port
         stdout = run.proc.stdout.read()
@@ -854,5 +868,6 @@ def test_proxy_mode_wiring_through_a_stand_in_for_sandbox_exec(
     assert got["proxy"] == f"http://127.0.0.1:{port}" and port not in (None, 3128)
     assert got["ok"] == f"200 hello from ok.test:{web} /x", got
     assert got["bad"].startswith("403 stockade: blocked bad.test"), got
+    assert got["tunnel"] == ["200", 300000], got
     net = [line for line in recorded.read_text().splitlines() if line.startswith("(allow network")]
     assert net == [f'(allow network-outbound (remote ip "localhost:{port}"))'], net

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_proxy import servers as servers  # a web and an echo server, on the host's loopback
 
 pytestmark = pytest.mark.usefixtures("winpy")
 
@@ -263,3 +264,72 @@ def test_a_windows_contributor_runs_the_portable_tests(winpy: Any) -> None:
     summary = done.stdout.strip().splitlines()[-1]
     assert "failed" not in summary and "error" not in summary, summary
     assert int(summary.split(" passed")[0].split()[-1]) >= 90, summary  # the renderer's tests ran
+
+
+PROXY = r"""
+import json, os, socket, urllib.request
+import stockade
+from stockade.backends.windows import WindowsBackend
+from stockade.exec.proxy import start_proxy
+web, echo = int(ARGS[0]), int(ARGS[2])
+allow = ("ok.test", f"127.0.0.1:{web}", f"127.0.0.1:{echo}")
+plan = stockade.explain(network="proxy", allow_domains=allow, deny_domains=("bad.test",))
+running = start_proxy(plan)  # Windows: the loopback port alone (no unix sockets, no bridge)
+port = running.endpoint.tcp_port
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+def get(url):
+    try:
+        with opener.open(url, timeout=10) as r:
+            return f"{r.status} {r.read().decode()}"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {e.read().decode().strip()}"
+out = {"port": port, "ok": get(f"http://ok.test:{web}/x"), "bad": get(f"http://bad.test:{web}/x")}
+tunnel = socket.create_connection(("127.0.0.1", port), timeout=10)  # CONNECT: what HTTPS does
+tunnel.sendall(f"CONNECT ok.test:{echo} HTTP/1.1\r\nHost: ok.test:{echo}\r\n\r\n".encode())
+head = b""
+while not head.endswith(b"\r\n\r\n"):
+    head += tunnel.recv(1)
+tunnel.sendall(b"tunnel" * 50000)  # 300 kB through the copying relay (no splice on Windows)
+tunnel.shutdown(socket.SHUT_WR)
+back = b""
+while data := tunnel.recv(65536):
+    back += data
+out["tunnel"] = [head.split()[1].decode(), len(back), back[:6].decode()]
+backend = WindowsBackend("elevated", state_file=os.path.join(ARGS[1], "sids.json"))
+spec = backend.launch(plan, ["cmd", "/c", "exit"], running.endpoint)
+with open(os.path.join(spec.remove_after[0], "plan.json"), encoding="utf-8") as fh:
+    out["firewall"] = json.load(fh)["firewall"]
+out["env"] = {k: spec.env[k] for k in ("HTTP_PROXY", "ALL_PROXY", "GIT_SSH_COMMAND")}
+backend.finish(spec, 0)
+running.close()
+print(json.dumps(out))
+"""
+
+
+def test_proxy_mode_on_windows_listens_on_loopback_and_the_firewall_keeps_that_port_open(
+    winpy: Any, host: dict, servers: dict[str, int]
+) -> None:
+    """The filtering proxy itself runs in Windows CPython (on a loopback port: no unix sockets)
+    and decides there; launch() gives the firewall rules that port alone and points the command
+    at it. Wine has no firewall: the rules are data here, checked by the smoke script there."""
+    web = servers["web"]
+    hosts = host["ws"].parent / f"{host['ws'].name}-hosts"
+    hosts.write_text("127.0.0.1 ok.test bad.test\n")
+    env = {**host["env"], "STOCKADE_PROXY_HOSTS": winpy.win(hosts)}
+    state = winpy.mkdtemp("state-")
+    done = winpy.run(PROXY, str(web), winpy.win(state), str(servers["echo"]), cwd=host["ws"], env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    port = out["port"]
+    assert out["ok"] == f"200 hello from ok.test:{web} /x", out
+    assert out["bad"].startswith("403 stockade: blocked bad.test"), out
+    assert out["tunnel"] == ["200", 300000, "TUNNEL"], out["tunnel"]
+    assert out["env"]["HTTP_PROXY"] == f"http://127.0.0.1:{port}"
+    assert out["env"]["GIT_SSH_COMMAND"] == f"ssh -o ProxyCommand='connect -H 127.0.0.1:{port} %h %p'"
+    (tcp,) = [r for r in out["firewall"] if r["protocol"] == "tcp" and "127.0.0.1" in r["remote_addresses"]]
+
+    def blocked(p: int) -> bool:
+        ranges = (r.partition("-") for r in tcp["remote_ports"])
+        return any(int(a) <= p <= int(b or a) for a, _, b in ranges)
+
+    assert not blocked(port) and blocked(port - 1) and blocked(port + 1) and blocked(web), tcp

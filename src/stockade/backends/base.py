@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,6 +42,8 @@ class ProxyEndpoint:
         env |= {"JAVA_TOOL_OPTIONS": java + " -Dhttp.nonProxyHosts=localhost|127.0.0.1"}
         if connect_helper is not None:
             tunnel = f"{connect_helper} --connect {self.socket} %h %p"
+        elif sys.platform == "win32":
+            tunnel = f"connect -H 127.0.0.1:{port} %h %p"  # Git for Windows ships connect.exe
         else:
             tunnel = f"nc -X connect -x 127.0.0.1:{port} %h %p"  # BSD nc (macOS)
         env["GIT_SSH_COMMAND"] = f"ssh -o ProxyCommand='{tunnel}'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -48,9 +49,15 @@ def start_proxy(
     socket_path = os.path.join(directory, "proxy.sock")
     handoff_path = os.path.join(directory, "handoff.sock")
     proxy = FilteringProxy(rules, command=uuid.uuid4().hex[:12], hosts=_hosts(), on_event=on_event)
+    unix = hasattr(socket, "AF_UNIX") and os.name != "nt"  # Windows: the loopback port alone
     try:
-        loopback = ("127.0.0.1", 0) if tcp else None
-        thread = ProxyThread(proxy, unix_path=socket_path, tcp=loopback, handoff_path=handoff_path)
+        loopback = ("127.0.0.1", 0) if tcp or not unix else None
+        thread = ProxyThread(
+            proxy,
+            unix_path=socket_path if unix else None,
+            tcp=loopback,
+            handoff_path=handoff_path if unix else None,
+        )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

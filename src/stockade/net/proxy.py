@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -30,6 +29,11 @@ from dataclasses import asdict, dataclass
 from typing import IO
 
 from .rules import Decision, HostRules, RuleError, normalize_host, parse_address, unmapped
+
+try:
+    import fcntl
+except ImportError:  # Windows: tunnels are copied, never spliced
+    fcntl = None  # type: ignore[assignment]
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 1 << 20
@@ -276,7 +280,10 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 def _splice(src: int, dst: int) -> bool:
-    """Move everything from src to dst through a pipe; False if splice cannot start here."""
+    """Move everything from src to dst through a pipe; False if splice cannot start here (a
+    system without splice(2): macOS, Windows)."""
+    if fcntl is None or not hasattr(os, "splice"):
+        return False
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):  # a bigger pipe, fewer calls (refused above pipe-max-size)

@@ -49,6 +49,7 @@ class WindowsBackend:
     """ACLs + a write-restricted token (+ a sandbox account when `mode` is "elevated")."""
 
     name = "windows"
+    proxy_over_tcp = True  # the firewall lets the sandbox account reach this loopback port alone
 
     def __init__(self, mode: Backend = "elevated", state_file: str | None = None) -> None:
         self.mode: Backend = mode
@@ -68,11 +69,8 @@ class WindowsBackend:
     def check(self, plan: Plan) -> None:
         if sys.platform != "win32":  # before anything else: nothing of it may run elsewhere
             raise SandboxUnavailable(f"the Windows backend runs on Windows only (this is {sys.platform})")
-        if plan.network == "proxy":
-            raise UnsupportedPolicy(
-                "network = proxy: the filtering proxy does not listen on a loopback TCP port on Windows yet"
-            )
-        refusals = self.render(with_private_tmp(plan)).refusals
+        ports = (ProxyEndpoint.PORT,) if plan.network == "proxy" else ()  # launch() has the real one
+        refusals = self.render(with_private_tmp(plan), ports).refusals
         if refusals:
             raise UnsupportedPolicy("; ".join(refusals))
 
@@ -80,17 +78,22 @@ class WindowsBackend:
         self, plan: Plan, argv: list[str], endpoint: ProxyEndpoint | None = None, *, tty: bool = False
     ) -> LaunchSpec:
         self.check(plan)
+        ports: tuple[int, ...] = ()
+        if plan.network == "proxy":
+            if endpoint is None or endpoint.tcp_port is None:
+                raise UnsupportedPolicy("network = proxy, but no proxy listens on a loopback port for it")
+            ports = (endpoint.tcp_port,)
         private = tempfile.mkdtemp(prefix="stockade-win-", dir=os.path.dirname(self.state_file) or None)
         remove_after = [private]
         scratch = next((r.path for r in plan.rules if r.kind == "scratch"), None)
         if scratch is not None:
             remove_after.append(tempfile.mkdtemp(prefix="stockade-tmp-", dir=os.path.dirname(scratch)))
             plan = with_private_tmp(plan, remove_after[-1])
-        windows_plan = self.render(plan)
+        windows_plan = self.render(plan, ports)
         plan_file = os.path.join(private, "plan.json")
         with open(plan_file, "w", encoding="utf-8") as fh:
             json.dump(windows_plan.to_json(), fh)
-        env = dict(plan.env)
+        env = dict(plan.env) | (endpoint.environment(None) if endpoint is not None and ports else {})
         count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
         for root in windows_plan.safe_directory:  # through the environment, never a file
             env[f"GIT_CONFIG_KEY_{count}"], env[f"GIT_CONFIG_VALUE_{count}"] = "safe.directory", root

@@ -333,3 +333,35 @@ def test_proxy_mode_on_windows_listens_on_loopback_and_the_firewall_keeps_that_p
         return any(int(a) <= p <= int(b or a) for a, _, b in ranges)
 
     assert not blocked(port) and blocked(port - 1) and blocked(port + 1) and blocked(web), tcp
+
+
+RESTRICTED = r"""
+import os, stockade
+from stockade.backends.windows import WindowsBackend
+from stockade.exec.process import Sandboxed
+plan = stockade.explain(profile="r", config=ARGS[1])
+backend = WindowsBackend("restricted", state_file=os.path.join(ARGS[0], "sids.json"))
+with Sandboxed(plan, ["cmd.exe", "/d", "/c", "echo ran> marker.txt& exit 7"], backend=backend) as run:
+    print(run.finish())
+print(sorted(os.listdir(ARGS[0])))
+"""
+
+
+def test_the_restricted_backend_runs_a_command_through_the_applier(winpy: Any, host: dict) -> None:
+    """The applier's Win32 sequence (DACLs read and written, a write-restricted token, a job
+    object, the process and its status) runs in Windows CPython without an error: the ctypes
+    layer is exercised for real. Wine enforces none of it (nor keeps the DACLs), so this says
+    nothing about confinement."""
+    state = winpy.mkdtemp("state-")
+    config = host["ws"].parent / f"{host['ws'].name}-r.toml"
+    config.write_text(
+        '[profiles.r]\nglob_scan_max_depth = 8\n[profiles.r.filesystem]\n":root" = "read"\n'
+        '":tmpdir" = "write"\n[profiles.r.filesystem.":workspace_roots"]\n"." = "write"\n'
+        '[profiles.r.network]\nmode = "on"\n'  # what the restricted backend can hold
+    )
+    done = winpy.run(RESTRICTED, winpy.win(state), winpy.win(config), cwd=host["ws"], env=host["env"])
+    assert done.returncode == 0, done.stderr
+    status, left = done.stdout.splitlines()
+    assert status == "7"  # the command's own exit status, through the helper
+    assert (host["ws"] / "marker.txt").read_text().strip() == "ran"
+    assert "stockade-win-" not in left  # the plan file went after the run

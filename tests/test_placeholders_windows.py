@@ -342,10 +342,10 @@ def test_journals_of_dead_runs_are_swept_deepest_first_on_linux(
 ) -> None:
     """Each run journals on its own; a sweep reads them all and removes children before parents,
     whichever run made which: run A made `.codex`, run B the file inside it."""
+    import stockade.placeholders
     from stockade.placeholders import Placeholders
     from stockade.plan import Placeholder
 
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     root = tmp_path / "ws"
     (root / ".codex").mkdir(parents=True)
     (root / ".codex" / "config.toml").write_bytes(b"")
@@ -353,6 +353,7 @@ def test_journals_of_dead_runs_are_swept_deepest_first_on_linux(
     (root / ".kept" / "user-file").write_text("the user's, not ours")
     state = tmp_path / "state" / "stockade"
     state.mkdir(parents=True, mode=0o700)
+    monkeypatch.setattr(stockade.placeholders, "state_dir", lambda: str(state))  # (it is cached)
     (state / "placeholders.1-a.journal").write_text(f"dir\t{root}/.codex\ndir\t{root}/.kept\n")
     (state / "placeholders.2-b.journal").write_text(f"file\t{root}/.codex/config.toml\n")
     with Placeholders([Placeholder(str(root / ".agents"), "dir")]):

@@ -210,9 +210,9 @@ class _Builder:
                 items += [i for root in self.roots for i in self._as_named(os.path.join(root, rule.path))]
             return items
         if rule.anchor == ":root":
-            env = self.ctx.env
-            system = (hostdirs.minimal(env)[0],) if os.name == "nt" else ()
-            return [Item(p) for p in hostdirs.fs_roots((self.ctx.cwd, *self.roots, home, *system))]
+            # Windows has a root per drive: those of the cwd, roots, home, system and interpreter.
+            used = (self.ctx.cwd, *self.roots, home, *hostdirs.minimal(self.ctx.env))
+            return [Item(p) for p in hostdirs.fs_roots(used)]
         if rule.anchor == ":minimal":
             return [Item(p, False) for p in hostdirs.minimal(self.ctx.env)]
         if rule.anchor == ":tmpdir":

@@ -218,10 +218,11 @@ def test_run_fails_closed_when_the_sandbox_account_is_missing(winpy: Any, host: 
 
 
 SESSIONS = """
+from stockade import *  # the names are there (hasattr works); using one says why it cannot run
 import stockade
 for name in ("SessionManager", "AsyncSessionManager", "arun"):
     try:
-        getattr(stockade, name)
+        getattr(stockade, name)(profile="workspace")
     except stockade.SandboxUnavailable as exc:
         print(exc)
 """
